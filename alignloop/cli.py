@@ -1,0 +1,116 @@
+"""The `alignloop` command: run the pipeline, run one stage, write dvc.yaml, print the report."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+from alignloop.config import Config, ConfigError, load_config
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Online, iterative preference alignment: SFT, then sample → rank → optimize → benchmark per iteration.")
+
+PARAMS_OPTION = typer.Option("params.yaml", "--params", "-p", help="The run's parameters (see params.yaml).")
+
+# Errors a person can act on: printed as one line, no traceback.
+_USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError, OSError)
+
+
+def _fail(message: str, code: int) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def _setup(params: Path) -> tuple[Config, Path]:
+    """Validate params before any work: a bad key stops here with exit code 2."""
+    root = params.resolve().parent
+    from alignloop import environment
+
+    environment.configure(root)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return load_config(params), root
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+        raise  # unreachable
+
+
+@app.command()
+def run(params: Path = PARAMS_OPTION) -> None:
+    """The whole pipeline as a Prefect flow; writes artifacts/, reports/summary.json and logs to MLflow."""
+    cfg, root = _setup(params)
+    from alignloop.dvcfile import write_dvc_yaml
+    from alignloop.flows.pipeline import StageError, pipeline_flow
+    from alignloop.paths import Layout
+    from alignloop.tasks.report import format_table, iteration_rows
+
+    if (root / "dvc.yaml").is_file():  # keep `dvc repro` describing the same pipeline as this run
+        write_dvc_yaml(cfg, root)
+    try:
+        summary = pipeline_flow(params_path=str(params.resolve()), root=str(root))
+    except StageError as exc:
+        _fail(str(exc), 1)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    typer.echo("\n" + format_table(iteration_rows(cfg, Layout(root))))
+    seconds = summary["wall_seconds"]
+    typer.echo(f"\nwall time {seconds:.0f} s; summary in {Layout(root).summary.relative_to(root)}")
+
+
+@app.command()
+def stage(name: str = typer.Argument(..., help="prepare, sft, sample, rank, optimize, benchmark or report."),
+          iteration: int = typer.Option(0, "--iteration", "-i", help="The iteration (0 is SFT)."),
+          params: Path = PARAMS_OPTION) -> None:
+    """Run one stage on its own (what `dvc repro` calls)."""
+    cfg, root = _setup(params)
+    from alignloop.paths import Layout
+    from alignloop.stages import STAGES, run_stage
+
+    if name not in STAGES:
+        _fail(f"unknown stage {name!r}; stages are {', '.join(STAGES)}", 2)
+    try:
+        run_stage(name, cfg, Layout(root), iteration)
+    except _USER_ERRORS as exc:
+        _fail(f"stage {name} (iteration {iteration}): {exc}", 1)
+
+
+@app.command()
+def report(params: Path = PARAMS_OPTION) -> None:
+    """Per-iteration metrics table from the finished iterations' metrics.json files."""
+    cfg, root = _setup(params)
+    from alignloop.paths import Layout
+    from alignloop.tasks.report import format_table, run_report
+
+    try:
+        rows = run_report(cfg, Layout(root))
+    except FileNotFoundError as exc:
+        _fail(f"{exc} (has every iteration been benchmarked?)", 1)
+    typer.echo(format_table(rows))
+
+
+@app.command("dvc-yaml")
+def dvc_yaml(params: Path = PARAMS_OPTION,
+             check: bool = typer.Option(False, help="Exit 1 if dvc.yaml is not what params.yaml implies.")) -> None:
+    """Write dvc.yaml (one stage per stage and iteration) for the iterations in params.yaml."""
+    cfg, root = _setup(params)
+    from alignloop.dvcfile import render_dvc_yaml, write_dvc_yaml
+
+    if check:
+        current = (root / "dvc.yaml").read_text() if (root / "dvc.yaml").is_file() else ""
+        if current != render_dvc_yaml(cfg, root):
+            _fail("dvc.yaml is out of date; run `alignloop dvc-yaml`", 1)
+        return
+    write_dvc_yaml(cfg, root)
+    typer.echo(f"wrote {root / 'dvc.yaml'}")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

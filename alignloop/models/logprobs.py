@@ -1,0 +1,75 @@
+"""Tokenizing prompt–response pairs for training and the per-sequence log-probs every loss is built from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from alignloop.models.generation import prompt_token_ids
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """A prompt and a response as token ids; the response mask covers the response (EOS included)."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+
+
+def tokenize_response(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, finished: bool,
+                      max_length: int) -> Tokenized:
+    """Chat-formatted prompt + response, with EOS when the sample produced one; cut to `max_length` tokens."""
+    prompt_ids = prompt_token_ids(tokenizer, prompt)
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    if finished:
+        response_ids = response_ids + [tokenizer.eos_token_id]
+    return Tokenized(prompt_ids, response_ids[: max(0, max_length - len(prompt_ids))])
+
+
+def collate(sequences: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded `input_ids`, `attention_mask` and `response_mask`, each (batch, seq)."""
+    width = max(len(s.prompt_ids) + len(s.response_ids) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    response_mask = torch.zeros((len(sequences), width), dtype=torch.bool)
+    for row, seq in enumerate(sequences):
+        ids = seq.prompt_ids + seq.response_ids
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        response_mask[row, len(seq.prompt_ids): len(ids)] = True
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+
+
+def token_logps(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log π(y_t | c, y_<t) in fp32, and the mask of response tokens; both (batch, seq - 1).
+
+    The gathered logit minus the logsumexp: no full log-softmax tensor is kept.
+    """
+    logits = logits[:, :-1].float()
+    targets = input_ids[:, 1:]
+    gathered = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return gathered - torch.logsumexp(logits, dim=-1), response_mask[:, 1:]
+
+
+def sequence_logps(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """S(π, y | c) = Σ_t m_t log π(y_t | c, y_<t) and the response token counts; both (batch,)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logps, mask = token_logps(logits, batch["input_ids"], batch["response_mask"])
+    return (logps * mask).sum(-1), mask.sum(-1)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def mean_token_entropy(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean over response positions of H(π(· | c, y_<t)), per sequence; (batch,)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    log_probs = F.log_softmax(logits, dim=-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    mask = batch["response_mask"][:, 1:]
+    return (entropy * mask).sum(-1) / mask.sum(-1).clamp(min=1)

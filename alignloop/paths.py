@@ -1,0 +1,93 @@
+"""The artifact layout (DESIGN.md), in one place. Every stage, DVC, Prefect and MLflow find files through here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+EVAL_SPLITS = ("in_distribution", "harder", "unseen_composition")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of one project directory; all relative to `root` (the directory holding params.yaml)."""
+
+    root: Path = Path(".")
+
+    # data/
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def sft_data(self) -> Path:
+        return self.data / "sft.jsonl"
+
+    @property
+    def train_prompts(self) -> Path:
+        return self.data / "train_prompts.jsonl"
+
+    def eval_prompts(self, split: str) -> Path:
+        return self.data / "eval" / f"{split}.jsonl"
+
+    @property
+    def base_model(self) -> Path:
+        """The untrained testbed model and tokenizer (SFT's starting point)."""
+        return self.data / "base_model"
+
+    # artifacts/
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def sft(self) -> Path:
+        return self.artifacts / "sft"
+
+    def iteration(self, i: int) -> Path:
+        return self.sft if i == 0 else self.artifacts / f"iter-{i}"
+
+    def policy(self, i: int) -> Path:
+        """The model after iteration i; iteration 0 is the SFT model."""
+        return self.sft / "model" if i == 0 else self.iteration(i) / "policy"
+
+    def prompts(self, i: int) -> Path:
+        return self.iteration(i) / "prompts.jsonl"
+
+    def samples(self, i: int) -> Path:
+        return self.iteration(i) / "samples.jsonl"
+
+    def scores(self, i: int) -> Path:
+        return self.iteration(i) / "scores.jsonl"
+
+    def pairs(self, i: int) -> Path:
+        return self.iteration(i) / "pairs.jsonl"
+
+    def rank_stats(self, i: int) -> Path:
+        return self.iteration(i) / "rank_stats.json"
+
+    def train_log(self, i: int) -> Path:
+        return self.iteration(i) / "train_log.json"
+
+    def metrics(self, i: int) -> Path:
+        return self.iteration(i) / "metrics.json"
+
+    def benchmark_outputs(self, i: int) -> Path:
+        return self.iteration(i) / "benchmark_outputs.jsonl"
+
+    def stage_seconds(self, i: int) -> Path:
+        return self.iteration(i) / "stage_seconds.json"
+
+    # reports/
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def summary(self) -> Path:
+        return self.reports / "summary.json"
+
+    @property
+    def iterations_table(self) -> Path:
+        """One flat row per iteration: DVC's metrics and plots read it."""
+        return self.reports / "iterations.json"

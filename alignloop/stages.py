@@ -1,0 +1,130 @@
+"""The stage registry: each stage declared once (function, inputs, outputs, params, code), driven by the CLI,
+the Prefect flow and `dvc.yaml` alike.
+
+The plan of a run is `prepare → sft → benchmark 0 → (sample → rank → optimize → benchmark) × iterations → report`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from alignloop.config import Config
+from alignloop.paths import EVAL_SPLITS, Layout
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+# Modules each stage's output depends on (for DVC deps and code-version hashes), relative to the package.
+_COMMON = ("io.py", "paths.py")
+_MODEL = ("models/policy.py", "models/generation.py")
+_TESTBED = ("testbed/world.py", "testbed/scorer.py", "testbed/data.py", "testbed/model.py", "testbed/tokenizer.py")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[..., None]  # (cfg, layout, iteration) -> None; global stages ignore the iteration
+    params: tuple[str, ...]  # params.yaml keys the stage reads
+    code: tuple[str, ...]
+    deps: Callable[[Layout, Config, int], list[Path]]
+    outs: Callable[[Layout, Config, int], list[Path]]
+    metrics: Callable[[Layout, Config, int], list[Path]] = lambda layout, cfg, i: []
+    per_iteration: bool = True
+
+    def code_paths(self) -> list[Path]:
+        return [PACKAGE_DIR / module for module in (*_COMMON, *self.code)]
+
+    def key(self, iteration: int) -> str:
+        return f"{self.name}-{iteration}" if self.per_iteration else self.name
+
+
+def _prepare(cfg, layout, i):
+    from alignloop.tasks.prepare import run_prepare
+    run_prepare(cfg, layout)
+
+
+def _sft(cfg, layout, i):
+    from alignloop.tasks.sft import run_sft
+    run_sft(cfg, layout)
+
+
+def _sample(cfg, layout, i):
+    from alignloop.tasks.sample import run_sample
+    run_sample(cfg, layout, i)
+
+
+def _rank(cfg, layout, i):
+    from alignloop.tasks.rank import run_rank
+    run_rank(cfg, layout, i)
+
+
+def _optimize(cfg, layout, i):
+    from alignloop.tasks.optimize import run_optimize
+    run_optimize(cfg, layout, i)
+
+
+def _benchmark(cfg, layout, i):
+    from alignloop.tasks.benchmark import run_benchmark
+    run_benchmark(cfg, layout, i)
+
+
+def _report(cfg, layout, i):
+    from alignloop.tasks.report import run_report
+    run_report(cfg, layout)
+
+
+def _reference_deps(layout: Layout, cfg: Config, i: int) -> list[Path]:
+    return [layout.policy(0)] if cfg.optimize.reference == "sft" and i > 1 else []
+
+
+STAGES: dict[str, Stage] = {stage.name: stage for stage in (
+    Stage("prepare", _prepare, ("seed", "testbed", "model"), ("tasks/prepare.py", *_TESTBED),
+          deps=lambda layout, cfg, i: [],
+          outs=lambda layout, cfg, i: [layout.data], per_iteration=False),
+    Stage("sft", _sft, ("seed", "model", "sft"), ("tasks/sft.py", "models/policy.py"),
+          deps=lambda layout, cfg, i: [layout.sft_data, layout.base_model],
+          outs=lambda layout, cfg, i: [layout.policy(0), layout.train_log(0)], per_iteration=False),
+    Stage("sample", _sample, ("seed", "sample"), ("tasks/sample.py", *_MODEL),
+          deps=lambda layout, cfg, i: [layout.train_prompts, layout.policy(i - 1)],
+          outs=lambda layout, cfg, i: [layout.prompts(i), layout.samples(i)]),
+    Stage("rank", _rank, ("rank",), ("tasks/rank.py", "models/rankers.py", "testbed/scorer.py"),
+          deps=lambda layout, cfg, i: [layout.prompts(i), layout.samples(i)],
+          outs=lambda layout, cfg, i: [layout.scores(i), layout.pairs(i), layout.rank_stats(i)]),
+    Stage("optimize", _optimize, ("seed", "optimize"),
+          ("tasks/optimize.py", "models/losses.py", "models/logprobs.py", *_MODEL),
+          deps=lambda layout, cfg, i: [layout.pairs(i), layout.policy(i - 1), *_reference_deps(layout, cfg, i)],
+          outs=lambda layout, cfg, i: [layout.policy(i), layout.train_log(i)]),
+    Stage("benchmark", _benchmark, ("seed", "benchmark"),
+          ("tasks/benchmark.py", "models/logprobs.py", "testbed/scorer.py", *_MODEL),
+          deps=lambda layout, cfg, i: [layout.policy(i), *(layout.eval_prompts(s) for s in EVAL_SPLITS),
+                                       *([layout.benchmark_outputs(0)] if i > 0 else [])],
+          outs=lambda layout, cfg, i: [layout.benchmark_outputs(i)],
+          metrics=lambda layout, cfg, i: [layout.metrics(i)]),
+    Stage("report", _report, ("iterations",), ("tasks/report.py",),
+          deps=lambda layout, cfg, i: [p for k in range(cfg.iterations + 1)
+                                       for p in (layout.metrics(k), layout.train_log(k))]
+          + [layout.rank_stats(k) for k in range(1, cfg.iterations + 1)],
+          outs=lambda layout, cfg, i: [layout.iterations_table],
+          per_iteration=False),
+)}
+
+ITERATION_STAGES = ("sample", "rank", "optimize", "benchmark")
+
+
+def plan(cfg: Config) -> list[tuple[Stage, int]]:
+    """Every (stage, iteration) of a run, in an order that respects their dependencies."""
+    steps = [(STAGES["prepare"], 0), (STAGES["sft"], 0), (STAGES["benchmark"], 0)]
+    for iteration in range(1, cfg.iterations + 1):
+        steps += [(STAGES[name], iteration) for name in ITERATION_STAGES]
+    return steps + [(STAGES["report"], 0)]
+
+
+def run_stage(name: str, cfg: Config, layout: Layout, iteration: int = 0) -> None:
+    stage = STAGES[name]
+    if stage.per_iteration and not (0 <= iteration <= cfg.iterations):
+        raise ValueError(f"stage {name}: iteration must be in 0..{cfg.iterations} (params iterations), "
+                         f"got {iteration}")
+    if stage.per_iteration and iteration == 0 and name != "benchmark":
+        raise ValueError(f"stage {name} runs in iterations 1..{cfg.iterations}; iteration 0 is SFT")
+    stage.run(cfg, layout, iteration)

@@ -1,0 +1,134 @@
+"""Stage `optimize`: preference optimization of the previous policy on this iteration's pairs.
+
+The loop is plain PyTorch, visible top to bottom: reference log-probs once under `no_grad` (the reference is fixed
+for the iteration), then epochs of shuffled mini-batches with chosen and rejected in one concatenated forward.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+
+import torch
+
+from alignloop.config import Config
+from alignloop.io import atomic_path, read_jsonl, write_json
+from alignloop.models.generation import derive_seed
+from alignloop.models.logprobs import Tokenized, collate, sequence_logps, to_device, tokenize_response
+from alignloop.models.losses import dpo_loss, nll_anchor
+from alignloop.models.policy import load_policy
+from alignloop.paths import Layout
+from alignloop.progress import progress
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def tokenize_pairs(pairs: list[dict], tokenizer, max_length: int) -> list[tuple[Tokenized, Tokenized]]:
+    return [(tokenize_response(tokenizer, p["prompt"], p["chosen"], p["chosen_finished"], max_length),
+             tokenize_response(tokenizer, p["prompt"], p["rejected"], p["rejected_finished"], max_length))
+            for p in pairs]
+
+
+def pair_batch(pairs: list[tuple[Tokenized, Tokenized]], indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """Chosen rows first, then rejected rows: one forward pass for both."""
+    return collate([pairs[k][0] for k in indices] + [pairs[k][1] for k in indices], pad_id)
+
+
+@torch.no_grad()
+def reference_logps(model, pairs, pad_id: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    chosen, rejected = [], []
+    for start in progress(range(0, len(pairs), batch_size), "reference log-probs",
+                          total=math.ceil(len(pairs) / batch_size)):
+        indices = list(range(start, min(start + batch_size, len(pairs))))
+        logps, _ = sequence_logps(model, to_device(pair_batch(pairs, indices, pad_id), model.device))
+        chosen.append(logps[: len(indices)].cpu())
+        rejected.append(logps[len(indices):].cpu())
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warmup, then cosine decay to zero."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress_fraction = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_fraction)))
+
+
+def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
+    opt = cfg.optimize
+    out_dir = layout.policy(iteration)
+    pairs_rows = read_jsonl(layout.pairs(iteration))
+    policy, tokenizer = load_policy(layout.policy(iteration - 1), cfg.model)
+    if not pairs_rows:
+        log.warning("optimize: iteration %d has no pairs (every prompt's responses tied); the policy is unchanged",
+                    iteration)
+        with atomic_path(out_dir) as tmp:
+            shutil.copytree(layout.policy(iteration - 1), tmp)
+        write_json(layout.train_log(iteration), {"pairs": 0, "steps": 0})
+        return
+
+    pairs = tokenize_pairs(pairs_rows, tokenizer, cfg.model.max_length)
+    pad_id = tokenizer.pad_token_id
+    reference_dir = layout.policy(0 if opt.reference == "sft" else iteration - 1)
+    reference, _ = load_policy(reference_dir, cfg.model, policy.device)
+    ref_chosen, ref_rejected = reference_logps(reference, pairs, pad_id, opt.batch_size * 2)
+    del reference
+
+    generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "optimize", iteration))
+    steps_per_epoch = math.ceil(len(pairs) / opt.batch_size)
+    total_steps = max(1, round(opt.epochs * steps_per_epoch))
+    warmup = round(opt.warmup_ratio * total_steps)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=opt.learning_rate, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, warmup))
+
+    order: list[int] = []
+    history = []
+    policy.train()
+    for step in progress(range(total_steps), f"optimize iter {iteration}"):
+        if len(order) < opt.batch_size:
+            order += torch.randperm(len(pairs), generator=generator).tolist()
+        indices, order = order[: opt.batch_size], order[opt.batch_size:]
+        batch = to_device(pair_batch(pairs, indices, pad_id), policy.device)
+        logps, token_counts = sequence_logps(policy, batch)
+        n = len(indices)
+        policy_chosen, policy_rejected = logps[:n], logps[n:]
+        losses, chosen_rewards, rejected_rewards = dpo_loss(
+            policy_chosen, policy_rejected, ref_chosen[indices].to(policy.device),
+            ref_rejected[indices].to(policy.device), opt.beta)
+        loss = losses.mean()
+        if opt.nll_weight:
+            loss = loss + opt.nll_weight * nll_anchor(policy_chosen, token_counts[:n]).mean()
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"optimize iteration {iteration}, step {step}: loss is {loss.item()}; lower optimize.learning_rate "
+                f"or optimize.beta (nothing was saved; iteration {iteration - 1}'s policy is intact)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), opt.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        history.append({
+            "step": step, "loss": loss.item(), "grad_norm": grad_norm.item(),
+            "reward_accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
+            "reward_margin": (chosen_rewards - rejected_rewards).mean().item(),
+            # Change of the chosen responses' log-prob against the reference: a fall of > ~1 nat came before
+            # every collapse seen on the testbed (notes/testbed_findings.md).
+            "chosen_logp_change": (chosen_rewards / opt.beta).mean().item(),
+            "rejected_logp_change": (rejected_rewards / opt.beta).mean().item(),
+        })
+    policy.eval()
+    with atomic_path(out_dir) as tmp:
+        policy.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    last = history[-max(1, steps_per_epoch // 2):]  # the final half epoch
+    summary = {key: sum(h[key] for h in last) / len(last)
+               for key in ("loss", "reward_accuracy", "reward_margin", "chosen_logp_change", "rejected_logp_change")}
+    write_json(layout.train_log(iteration), {"pairs": len(pairs), "steps": total_steps, "final": summary,
+                                             "history": history})
+    log.info("optimize: %d pairs, %d steps; final %s", len(pairs), total_steps,
+             ", ".join(f"{k}={v:.3f}" for k, v in summary.items()))

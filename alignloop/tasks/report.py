@@ -1,0 +1,49 @@
+"""Stage `report`: one row per iteration (benchmark metrics + ranking and training summaries) for plots and tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alignloop.config import Config
+from alignloop.io import read_json, write_json
+from alignloop.paths import Layout
+
+TABLE_COLUMNS = ("in_distribution/greedy_gold", "in_distribution/sampled_gold", "harder/greedy_gold",
+                 "unseen_composition/greedy_gold", "in_distribution/sampled_entropy", "win_rate_vs_sft")
+
+
+def _optional_json(path: Path) -> dict[str, Any]:
+    return read_json(path) if path.is_file() else {}
+
+
+def iteration_rows(cfg: Config, layout: Layout) -> list[dict[str, Any]]:
+    rows = []
+    for iteration in range(cfg.iterations + 1):
+        metrics = read_json(layout.metrics(iteration))
+        train = _optional_json(layout.train_log(iteration)).get("final", {})
+        rank = _optional_json(layout.rank_stats(iteration)) if iteration else {}
+        rows.append({"iteration": iteration, "metrics": metrics,
+                     "train": {f"train/{k}": v for k, v in train.items()},
+                     "rank": {f"rank/{k}": v for k, v in rank.items()}})
+    return rows
+
+
+def run_report(cfg: Config, layout: Layout) -> list[dict[str, Any]]:
+    rows = iteration_rows(cfg, layout)
+    # Flat rows for `dvc plots` (x: iteration) and `dvc metrics show`.
+    write_json(layout.iterations_table, [{"iteration": row["iteration"], **row["metrics"], **row["train"],
+                                          **row["rank"]} for row in rows])
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    header = ["iter", *(column.replace("in_distribution", "in_dist").replace("unseen_composition", "unseen")
+                        for column in TABLE_COLUMNS)]
+    lines = [" | ".join(header)]
+    for row in rows:
+        values = [row["metrics"].get(column) for column in TABLE_COLUMNS]
+        lines.append(" | ".join([str(row["iteration"]).rjust(len(header[0])),
+                                 *(("-" if v is None else f"{v:.3f}").rjust(len(h))
+                                   for v, h in zip(values, header[1:]))]))
+    return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""Stage `sample`: N responses per prompt from the previous iteration's policy."""
+
+from __future__ import annotations
+
+import logging
+
+from alignloop.config import Config
+from alignloop.io import read_jsonl, write_jsonl
+from alignloop.models.generation import derive_seed, generate
+from alignloop.models.policy import load_policy, policy_hash
+from alignloop.paths import Layout
+
+log = logging.getLogger(__name__)
+
+
+def prompts_for_iteration(pool: list[dict], iteration: int, count: int) -> list[dict]:
+    """Iteration i takes the next `count` prompts of the pool, wrapping around; fresh prompts each iteration."""
+    if not pool:
+        raise ValueError("the training prompt pool is empty")
+    start = (iteration - 1) * count
+    return [pool[(start + offset) % len(pool)] for offset in range(min(count, len(pool)))]
+
+
+def run_sample(cfg: Config, layout: Layout, iteration: int) -> None:
+    prompts = [{**row, "iteration": iteration}
+               for row in prompts_for_iteration(read_jsonl(layout.train_prompts), iteration, cfg.sample.num_prompts)]
+    policy_dir = layout.policy(iteration - 1)
+    model, tokenizer = load_policy(policy_dir, cfg.model)
+    producer = policy_hash(policy_dir)
+    seed = derive_seed(cfg.seed, "sample", iteration)
+    generations = generate(
+        model, tokenizer, [row["prompt"] for row in prompts], num_samples=cfg.sample.num_samples,
+        temperature=cfg.sample.temperature, top_p=cfg.sample.top_p, max_new_tokens=cfg.sample.max_new_tokens,
+        batch_size=cfg.sample.batch_size, seed=seed, prompt_ids=[row["prompt_id"] for row in prompts],
+        description=f"sample iter {iteration}")
+    rows = [
+        {"prompt_id": row["prompt_id"], "sample_index": index, "prompt": row["prompt"], "response": gen.text,
+         "num_tokens": gen.num_tokens, "finished": gen.finished, "seed": gen.seed, "policy": producer}
+        for row, gens in zip(prompts, generations) for index, gen in enumerate(gens)
+    ]
+    write_jsonl(layout.prompts(iteration), prompts)
+    write_jsonl(layout.samples(iteration), rows)
+    log.info("sample: %d responses for %d prompts from policy %s", len(rows), len(prompts), producer)

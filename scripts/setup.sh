@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create .venv and install alignloop with its test tools. Idempotent; safe to re-run.
+#   ALIGNLOOP_TORCH   the torch requirement to install first (default: torch==2.13.0, the CPU build these
+#                     machines carry; on a GPU machine use e.g. ALIGNLOOP_TORCH="torch" for the CUDA build)
+#   ALIGNLOOP_EXTRAS  extras to install (default: dev; e.g. "dev,vllm" on a GPU machine)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+# torch first and pinned: an unpinned torch would pull several GB of CUDA packages on a CPU machine.
+.venv/bin/python -m pip install --quiet "${ALIGNLOOP_TORCH:-torch==2.13.0}"
+.venv/bin/python -m pip install --quiet -e ".[${ALIGNLOOP_EXTRAS:-dev}]"
+.venv/bin/alignloop --help > /dev/null
+echo "alignloop installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -1,0 +1,167 @@
+"""Typed params.yaml (alignloop/config.py) and how the CLI reports a bad one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alignloop.config import Config, ConfigError, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+ALIGNLOOP = REPO / ".venv" / "bin" / "alignloop"
+if not ALIGNLOOP.is_file():  # another environment: the console script next to this interpreter
+    ALIGNLOOP = Path(sys.executable).parent / "alignloop"
+
+
+def test_empty_mapping_gives_defaults():
+    cfg = parse_config({})
+    assert cfg == Config()
+    assert parse_config(None) == cfg
+    assert cfg.seed == 0
+    assert cfg.iterations == 3
+    assert cfg.optimize.loss == "dpo"
+    assert cfg.optimize.beta == 0.1
+    assert cfg.optimize.nll_weight == 0.5
+    assert cfg.sample.num_samples == 4
+    assert cfg.sample.temperature == 1.0
+    assert cfg.model.n_embd == 128 and cfg.model.n_head == 4
+    assert cfg.testbed.depth_weights == (0.6, 0.4)
+    assert cfg.rank.ranker == "gold"
+
+
+def test_values_override_defaults():
+    cfg = parse_config({"optimize": {"beta": 0.5}, "sample": {"num_samples": 8}, "seed": 3})
+    assert (cfg.optimize.beta, cfg.sample.num_samples, cfg.seed) == (0.5, 8, 3)
+    assert cfg.optimize.nll_weight == 0.5  # untouched keys keep their defaults
+    assert cfg.flat()["optimize.beta"] == 0.5
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"optimize": {"beta": -1}}, "optimize.beta: must be > 0, got -1"),
+    ({"optimize": {"betta": 1}}, "optimize.betta: unknown key"),
+    ({"sample": {"temperature": 0}}, "sample.temperature: must be > 0, got 0"),
+    ({"model": {"n_head": 3}}, "model.n_head: must divide n_embd (128), got 3"),
+])
+def test_exact_error_messages(raw, message):
+    with pytest.raises(ConfigError) as excinfo:
+        parse_config(raw)
+    assert str(excinfo.value) == message
+
+
+@pytest.mark.parametrize(("raw", "key"), [
+    ({"optimise": {"beta": 0.1}}, "optimise:"),
+    ({"sample": {"num_prompts": -5}}, "sample.num_prompts:"),
+    ({"sample": {"num_samples": "x"}}, "sample.num_samples:"),
+    ({"optimize": {"loss": "dpo2"}}, "optimize.loss:"),
+    ({"testbed": {"min_length": 5, "max_length": 4}}, "testbed.min_length:"),
+])
+def test_error_names_the_key_path_first(raw, key):
+    with pytest.raises(ConfigError) as excinfo:
+        parse_config(raw)
+    message = str(excinfo.value)
+    assert message.split()[0] == key
+    assert "\n" not in message
+
+
+def test_negative_count_message_gives_bound_and_value():
+    with pytest.raises(ConfigError, match=r"^sample\.num_prompts: must be >= 1, got -5$"):
+        parse_config({"sample": {"num_prompts": -5}})
+
+
+def test_wrong_type_message_shows_value():
+    with pytest.raises(ConfigError) as excinfo:
+        parse_config({"sample": {"num_samples": "x"}})
+    assert str(excinfo.value).endswith("got 'x'")
+
+
+def test_several_errors_are_all_reported_on_one_line():
+    with pytest.raises(ConfigError) as excinfo:
+        parse_config({"sample": {"temperature": 0}, "optimize": {"beta": -1}})
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert "sample.temperature: must be > 0, got 0" in message
+    assert "optimize.beta: must be > 0, got -1" in message
+    assert "(and 1 more: " in message
+
+
+def test_not_a_mapping():
+    with pytest.raises(ConfigError, match=r"^params: expected a mapping of sections, got list$"):
+        parse_config([1, 2])
+
+
+def test_load_config_missing_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path)
+    assert str(excinfo.value).startswith(f"{path}: no such file")
+
+
+def test_load_config_invalid_yaml(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("optimize:\n  beta: [1, 2\n")
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path)
+    message = str(excinfo.value)
+    assert message.startswith(f"{path}: not valid YAML (")
+    assert "\n" not in message
+
+
+def test_load_config_reads_values(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 7\noptimize:\n  beta: 0.25\n")
+    cfg = load_config(path)
+    assert (cfg.seed, cfg.optimize.beta) == (7, 0.25)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_config(empty) == Config()
+
+
+def test_repository_params_yaml_parses():
+    path = REPO / "params.yaml"
+    if not path.is_file():
+        pytest.skip("the repository has no params.yaml yet")
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    assert cfg.model.n_embd % cfg.model.n_head == 0
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "presets").glob("*.yaml")), ids=lambda path: path.name)
+def test_presets_parse(path):
+    assert isinstance(load_config(path), Config)
+
+
+def test_cli_rejects_bad_params_with_one_line(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("optimize:\n  beta: -1\n")
+    result = subprocess.run([str(ALIGNLOOP), "stage", "prepare", "--params", str(params)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: optimize.beta: must be > 0")
+    assert lines[0] == "error: optimize.beta: must be > 0, got -1"
+    assert "Traceback" not in result.stdout + result.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["params.yaml"]
+
+
+@pytest.mark.parametrize(("args", "files", "message"), [
+    (["stage", "prepare", "--params", "missing.yaml"], {},
+     "error: missing.yaml: no such file (copy params.yaml from the repository or pass --params)"),
+    (["stage", "prepare", "--params", "params.yaml"], {"params.yaml": "optimize: [1\n"},
+     "error: params.yaml: not valid YAML (while parsing a flow sequence)"),
+    (["stage", "bogus", "--params", "params.yaml"], {"params.yaml": "seed: 0\n"},
+     "error: unknown stage 'bogus'; stages are prepare, sft, sample, rank, optimize, benchmark, report"),
+    (["run", "--params", "params.yaml"], {"params.yaml": "sample:\n  temperature: 0\n"},
+     "error: sample.temperature: must be > 0, got 0"),
+], ids=["missing-file", "invalid-yaml", "unknown-stage", "run-bad-value"])
+def test_cli_user_errors_exit_2_with_one_line(tmp_path, args, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    result = subprocess.run([str(ALIGNLOOP), *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [message]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(files)

@@ -1,0 +1,87 @@
+"""End to end on the tiny preset: `alignloop run` (Prefect + MLflow) and `dvc repro` (DVC), one iteration each."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def _env(project: Path) -> dict[str, str]:
+    env = {**os.environ, "ALIGNLOOP_PROGRESS": "0", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    for key in ("MLFLOW_TRACKING_URI", "PREFECT_HOME", "PREFECT_API_URL"):
+        env.pop(key, None)  # each project keeps its own stores
+    return env
+
+
+def _project(tmp_path: Path, link_package: bool = False) -> Path:
+    shutil.copy(REPO / "presets" / "tiny.yaml", tmp_path / "params.yaml")
+    if link_package:  # the package in the project, as in a checkout: DVC tracks the stage code too
+        (tmp_path / "alignloop").symlink_to(REPO / "alignloop")
+    return tmp_path
+
+
+def _run(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=_env(cwd), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def test_alignloop_run_end_to_end(tmp_path: Path) -> None:
+    project = _project(tmp_path)
+    result = _run([str(BIN / "alignloop"), "run"], project)
+    summary = json.loads((project / "reports" / "summary.json").read_text())
+    assert [row["iteration"] for row in summary["iterations"]] == [0, 1]
+    for row in summary["iterations"]:
+        metrics = row["metrics"]
+        for split in ("in_distribution", "harder", "unseen_composition"):
+            for metric in ("greedy_gold", "sampled_gold", "greedy_exact_match", "win_rate_vs_sft"):
+                assert 0.0 <= metrics[f"{split}/{metric}"] <= 1.0
+            assert metrics[f"{split}/greedy_length"] > 0
+            assert metrics[f"{split}/sampled_entropy"] > 0
+    # The SFT model against itself: every prompt ties, so the win rate is exactly one half.
+    assert summary["iterations"][0]["metrics"]["win_rate_vs_sft"] == 0.5
+    assert summary["wall_seconds"] > 0
+    assert {"prepare", "sft", "benchmark-0", "sample-1", "rank-1", "optimize-1", "benchmark-1"} <= set(
+        summary["stage_seconds"])
+    assert "in_dist" in result.stdout  # the per-iteration table
+
+    samples = [json.loads(line) for line in (project / "artifacts/iter-1/samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 48 * 4
+    assert all(len(row["policy"]) == 16 and isinstance(row["seed"], int) for row in samples)
+    assert (project / "artifacts/iter-1/policy/model.safetensors").is_file()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("alignloop").experiment_id])
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and len(children) == 2
+    history = client.get_metric_history(parents[0].info.run_id, "in_distribution.greedy_gold")
+    assert sorted(point.step for point in history) == [0, 1]
+    assert parents[0].data.params["optimize.beta"] == "0.1"
+
+
+def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
+    project = _project(tmp_path, link_package=True)
+    dvc = str(BIN / "dvc")
+    _run([dvc, "init", "--no-scm", "-q"], project)
+    _run([str(BIN / "alignloop"), "dvc-yaml"], project)
+    _run([dvc, "repro"], project)
+    metrics = json.loads((project / "artifacts/iter-1/metrics.json").read_text())
+    assert 0.0 <= metrics["in_distribution/greedy_gold"] <= 1.0
+    assert "up to date" in _run([dvc, "status"], project).stdout
+    second = _run([dvc, "repro"], project).stdout
+    assert "Running stage" not in second
+    shown = _run([dvc, "metrics", "show", "--json"], project).stdout
+    assert "in_distribution/greedy_gold" in shown

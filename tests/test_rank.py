@@ -1,0 +1,98 @@
+"""Pair building (alignloop/tasks/rank.py): best vs worst, first on ties, all-tied prompts dropped."""
+
+from __future__ import annotations
+
+import pytest
+
+from alignloop.config import parse_config
+from alignloop.io import read_json, read_jsonl, write_jsonl
+from alignloop.paths import Layout
+from alignloop.tasks.rank import best_vs_worst, build_pairs, run_rank
+
+
+def _samples(prompt_id: str, responses: list[str]) -> list[dict]:
+    return [{"prompt_id": prompt_id, "sample_index": index, "response": response, "finished": index % 2 == 0}
+            for index, response in enumerate(responses)]
+
+
+def test_best_vs_worst_picks_max_and_min():
+    samples = _samples("p", ["a", "b", "c", "d"])
+    chosen, rejected = best_vs_worst(samples, [0.2, 0.9, 0.1, 0.5])
+    assert chosen["sample_index"] == 1
+    assert rejected["sample_index"] == 2
+
+
+def test_best_vs_worst_all_tied_is_none():
+    assert best_vs_worst(_samples("p", ["a", "b", "c"]), [0.4, 0.4, 0.4]) is None
+    assert best_vs_worst(_samples("p", ["a"]), [1.0]) is None
+
+
+def test_best_vs_worst_first_index_on_ties():
+    samples = _samples("p", ["a", "b", "c", "d", "e"])
+    chosen, rejected = best_vs_worst(samples, [0.3, 0.9, 0.1, 0.9, 0.1])
+    assert chosen["sample_index"] == 1  # 1 and 3 tie for best
+    assert rejected["sample_index"] == 2  # 2 and 4 tie for worst
+    chosen, rejected = best_vs_worst(samples, [1.0, 1.0, 1.0, 1.0, 0.0])
+    assert (chosen["sample_index"], rejected["sample_index"]) == (0, 4)
+
+
+def test_build_pairs_on_three_prompts():
+    prompts = [{"prompt_id": "p1", "prompt": "reverse abc"},
+               {"prompt_id": "p2", "prompt": "sort cab"},
+               {"prompt_id": "p3", "prompt": "uppercase ab"}]
+    samples_by_prompt = {
+        "p1": _samples("p1", ["cba", "cab", "abc ✓", "cba ✓"]),
+        "p2": _samples("p2", ["abc", "abc", "abc", "abc"]),
+        "p3": _samples("p3", ["Ab", "AB as requested", "AB", "ab"]),
+    }
+    scores_by_prompt = {
+        "p1": [0.85, 0.5667, 0.2, 1.0],
+        "p2": [0.85, 0.85, 0.85, 0.85],
+        "p3": [0.425, 0.75, 0.85, 0.0],
+    }
+    pairs, dropped = build_pairs(prompts, samples_by_prompt, scores_by_prompt)
+    assert dropped == 1
+    assert len(pairs) == 2
+    first, second = pairs
+    assert first == {
+        "pair_id": "p1-3-2", "prompt_id": "p1", "prompt": "reverse abc",
+        "chosen": "cba ✓", "rejected": "abc ✓",
+        "chosen_finished": False, "rejected_finished": True,
+        "chosen_score": 1.0, "rejected_score": 0.2,
+        "chosen_index": 3, "rejected_index": 2,
+    }
+    assert second == {
+        "pair_id": "p3-2-3", "prompt_id": "p3", "prompt": "uppercase ab",
+        "chosen": "AB", "rejected": "ab",
+        "chosen_finished": True, "rejected_finished": False,
+        "chosen_score": 0.85, "rejected_score": 0.0,
+        "chosen_index": 2, "rejected_index": 3,
+    }
+
+
+def test_run_rank_with_gold_scorer(tmp_path):
+    layout = Layout(tmp_path)
+    prompts = [{"prompt_id": "p1", "prompt": "reverse abc", "answer": "cba"},
+               {"prompt_id": "p2", "prompt": "sort cab", "answer": "abc"}]
+    samples = _samples("p1", ["cba", "cbx", "cba ✓", "xyz"]) + _samples("p2", ["abc"] * 4)
+    write_jsonl(layout.prompts(1), prompts)
+    write_jsonl(layout.samples(1), reversed(samples))  # file order must not matter
+    run_rank(parse_config({}), layout, 1)
+
+    p1_scores = [0.85, 0.85 * 2 / 3, 1.0, 0.0]  # exact, one edit of three, exact + check, all wrong
+    scores = read_jsonl(layout.scores(1))
+    assert [(row["prompt_id"], row["sample_index"]) for row in scores] == (
+        [("p1", k) for k in range(4)] + [("p2", k) for k in range(4)])
+    assert [row["score"] for row in scores] == pytest.approx(p1_scores + [0.85] * 4)
+    assert {row["ranker"] for row in scores} == {"gold"}
+
+    pairs = read_jsonl(layout.pairs(1))
+    assert len(pairs) == 1
+    assert (pairs[0]["pair_id"], pairs[0]["chosen"], pairs[0]["rejected"]) == ("p1-2-3", "cba ✓", "xyz")
+    assert (pairs[0]["chosen_score"], pairs[0]["rejected_score"]) == pytest.approx((1.0, 0.0))
+
+    stats = read_json(layout.rank_stats(1))
+    assert stats["prompts"] == 2 and stats["pairs"] == 1 and stats["dropped_all_tied"] == 1
+    assert stats["mean_sample_score"] == pytest.approx((sum(p1_scores) + 4 * 0.85) / 8)
+    assert stats["mean_chosen_score"] == pytest.approx(1.0)
+    assert stats["mean_rejected_score"] == pytest.approx(0.0)
