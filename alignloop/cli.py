@@ -31,7 +31,8 @@ def _setup(params: Path) -> tuple[Config, Path]:
     from alignloop import environment
 
     environment.configure(root)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alignloop").setLevel(logging.INFO)
     try:
         return load_config(params), root
     except ConfigError as exc:

@@ -23,13 +23,13 @@ class Section(BaseModel):
 
 
 class TestbedConfig(Section):
-    min_length: int = Field(3, ge=1, le=32)
+    min_length: int = Field(2, ge=1, le=32)
     """Shortest input string of the training distribution."""
-    max_length: int = Field(7, ge=1, le=32)
+    max_length: int = Field(6, ge=1, le=32)
     """Longest input string of the training distribution."""
     depth_weights: tuple[float, ...] = (0.6, 0.4)
     """P(one skill), P(two composed skills), ... for training prompts."""
-    harder_max_length: int = Field(9, ge=1, le=32)
+    harder_max_length: int = Field(8, ge=1, le=32)
     """Longest input of the `harder` split (which also composes three skills)."""
     sft_examples: int = Field(24000, ge=1)
     """Number of SFT demonstrations."""
@@ -60,9 +60,9 @@ class ModelConfig(Section):
     """Run code shipped with a model. Off unless you trust the model's source."""
     architecture: Literal["llama", "gpt2"] = "llama"
     """Testbed model family: `llama` (rotary positions, RMSNorm, SwiGLU) or `gpt2` (learned positions)."""
-    n_layer: int = Field(3, ge=1)
+    n_layer: int = Field(4, ge=1)
     """Testbed model: transformer blocks."""
-    n_embd: int = Field(128, ge=8)
+    n_embd: int = Field(96, ge=8)
     """Testbed model: width."""
     n_head: int = Field(4, ge=1)
     """Testbed model: attention heads (must divide n_embd)."""
@@ -81,7 +81,7 @@ class ModelConfig(Section):
 class SFTConfig(Section):
     enabled: bool = True
     """Fine-tune on the demonstrations; false uses `model.name_or_path` as the SFT model as it is."""
-    epochs: float = Field(2.0, gt=0)
+    epochs: float = Field(3.0, gt=0)
     learning_rate: float = Field(3e-3, gt=0)
     batch_size: int = Field(64, ge=1)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
@@ -95,7 +95,7 @@ class SampleConfig(Section):
     """Responses per prompt (N)."""
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(32, ge=1)
+    max_new_tokens: int = Field(24, ge=1)
     batch_size: int = Field(256, ge=1)
     """Prompts per generate call (each expanded to N sequences)."""
 
@@ -111,11 +111,11 @@ class OptimizeConfig(Section):
     loss: Literal["dpo"] = "dpo"
     beta: float = Field(0.1, gt=0)
     """KL strength of DPO."""
-    nll_weight: float = Field(0.5, ge=0)
+    nll_weight: float = Field(1.0, ge=0)
     """Weight of the length-normalised NLL anchor on the chosen response (RPO); 0 is plain DPO."""
     reference: Literal["previous", "sft"] = "previous"
     """The reference model: the previous iteration's policy, or the SFT model."""
-    learning_rate: float = Field(2e-4, gt=0)
+    learning_rate: float = Field(3e-4, gt=0)
     epochs: float = Field(2.0, gt=0)
     batch_size: int = Field(64, ge=1)
     """Pairs per optimizer step."""
@@ -126,7 +126,7 @@ class OptimizeConfig(Section):
 class BenchmarkConfig(Section):
     num_samples: int = Field(4, ge=1)
     """Sampled responses per evaluation prompt (more samples, less noise in sampled metrics)."""
-    max_new_tokens: int = Field(32, ge=1)
+    max_new_tokens: int = Field(24, ge=1)
     batch_size: int = Field(512, ge=1)
     sampled_temperature: float = Field(1.0, gt=0)
     """Temperature of the sampled evaluation (greedy is always run too)."""

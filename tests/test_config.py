@@ -24,10 +24,10 @@ def test_empty_mapping_gives_defaults():
     assert cfg.iterations == 3
     assert cfg.optimize.loss == "dpo"
     assert cfg.optimize.beta == 0.1
-    assert cfg.optimize.nll_weight == 0.5
+    assert cfg.optimize.nll_weight == 1.0
     assert cfg.sample.num_samples == 4
     assert cfg.sample.temperature == 1.0
-    assert cfg.model.n_embd == 128 and cfg.model.n_head == 4
+    assert cfg.model.n_embd == 96 and cfg.model.n_head == 4
     assert cfg.testbed.depth_weights == (0.6, 0.4)
     assert cfg.rank.ranker == "gold"
 
@@ -35,7 +35,7 @@ def test_empty_mapping_gives_defaults():
 def test_values_override_defaults():
     cfg = parse_config({"optimize": {"beta": 0.5}, "sample": {"num_samples": 8}, "seed": 3})
     assert (cfg.optimize.beta, cfg.sample.num_samples, cfg.seed) == (0.5, 8, 3)
-    assert cfg.optimize.nll_weight == 0.5  # untouched keys keep their defaults
+    assert cfg.optimize.nll_weight == 1.0  # untouched keys keep their defaults
     assert cfg.flat()["optimize.beta"] == 0.5
 
 
@@ -43,7 +43,7 @@ def test_values_override_defaults():
     ({"optimize": {"beta": -1}}, "optimize.beta: must be > 0, got -1"),
     ({"optimize": {"betta": 1}}, "optimize.betta: unknown key"),
     ({"sample": {"temperature": 0}}, "sample.temperature: must be > 0, got 0"),
-    ({"model": {"n_head": 3}}, "model.n_head: must divide n_embd (128), got 3"),
+    ({"model": {"n_head": 5}}, "model.n_head: must divide n_embd (96), got 5"),
 ])
 def test_exact_error_messages(raw, message):
     with pytest.raises(ConfigError) as excinfo:
@@ -165,3 +165,12 @@ def test_cli_user_errors_exit_2_with_one_line(tmp_path, args, files, message):
     assert result.stderr.splitlines() == [message]
     assert "Traceback" not in result.stdout + result.stderr
     assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(files)
+
+
+def test_repository_params_yaml_equals_the_typed_defaults():
+    """One place for each default: params.yaml spells out exactly the defaults of alignloop/config.py."""
+    from pathlib import Path
+
+    from alignloop.config import load_config
+
+    assert load_config(Path(__file__).resolve().parents[1] / "params.yaml") == Config()

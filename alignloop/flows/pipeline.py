@@ -52,7 +52,7 @@ def iteration_flow(iteration: int, params_path: str, root: str) -> dict[str, flo
             stage_task(name, iteration, params_path, root) for name in names}
 
 
-@flow(name="alignloop", log_prints=True)
+@flow(name="alignloop")
 def pipeline_flow(params_path: str = "params.yaml", root: str = ".") -> dict[str, Any]:
     start = time.perf_counter()
     cfg: Config = load_config(params_path)

@@ -59,7 +59,7 @@ def run_sft(cfg: Config, layout: Layout) -> Path:
         data_seed=cfg.seed,
         bf16=False,
         fp16=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         use_cpu=device.type == "cpu",
         save_strategy="no",
         report_to="none",
