@@ -85,3 +85,6 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     assert "Running stage" not in second
     shown = _run([dvc, "metrics", "show", "--json"], project).stdout
     assert "in_distribution/greedy_gold" in shown
+    plots = _run([dvc, "plots", "show", "-o", "plots"], project)
+    assert "WARNING" not in plots.stdout + plots.stderr  # DVC only warns when it cannot draw a plot
+    assert "in_distribution/greedy_gold" in (project / "plots" / "index.html").read_text()

@@ -31,9 +31,8 @@ def iteration_rows(cfg: Config, layout: Layout) -> list[dict[str, Any]]:
 
 def run_report(cfg: Config, layout: Layout) -> list[dict[str, Any]]:
     rows = iteration_rows(cfg, layout)
-    # Flat rows for `dvc plots` (x: iteration) and `dvc metrics show`.
-    write_json(layout.iterations_table, [{"iteration": row["iteration"], **row["metrics"], **row["train"],
-                                          **row["rank"]} for row in rows])
+    # Flat rows for `dvc plots` (x: iteration); DVC needs the same keys in every row, so benchmark metrics only.
+    write_json(layout.iterations_table, [{"iteration": row["iteration"], **row["metrics"]} for row in rows])
     return rows
 
 
