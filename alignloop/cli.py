@@ -109,9 +109,5 @@ def dvc_yaml(params: Path = PARAMS_OPTION,
     typer.echo(f"wrote {root / 'dvc.yaml'}")
 
 
-def main() -> None:  # pragma: no cover - console entry
-    app()
-
-
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

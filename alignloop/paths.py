@@ -75,9 +75,6 @@ class Layout:
     def benchmark_outputs(self, i: int) -> Path:
         return self.iteration(i) / "benchmark_outputs.jsonl"
 
-    def stage_seconds(self, i: int) -> Path:
-        return self.iteration(i) / "stage_seconds.json"
-
     # reports/
     @property
     def reports(self) -> Path:
