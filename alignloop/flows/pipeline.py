@@ -13,10 +13,10 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from alignloop.config import Config, load_config
-from alignloop.io import read_json, write_json
+from alignloop.io import write_json
 from alignloop.paths import Layout
 from alignloop.stages import ITERATION_STAGES, STAGES, run_stage
-from alignloop.tasks.report import run_report
+from alignloop.tasks.report import iteration_row, iteration_rows
 from alignloop.tracking import Tracker
 
 
@@ -36,15 +36,6 @@ def stage_task(name: str, iteration: int, params_path: str, root: str) -> float:
     return time.perf_counter() - start
 
 
-def _iteration_metrics(layout: Layout, iteration: int) -> dict[str, Any]:
-    metrics = dict(read_json(layout.metrics(iteration)))
-    for prefix, path in (("train", layout.train_log(iteration)), ("rank", layout.rank_stats(iteration))):
-        if iteration and path.is_file():
-            data = read_json(path)
-            metrics |= {f"{prefix}/{k}": v for k, v in data.get("final", data).items()}
-    return metrics
-
-
 @flow(name="alignloop-iteration", flow_run_name="iteration-{iteration}")
 def iteration_flow(iteration: int, params_path: str, root: str) -> dict[str, float]:
     names = ("sft", "benchmark") if iteration == 0 else ITERATION_STAGES
@@ -61,10 +52,11 @@ def pipeline_flow(params_path: str = "params.yaml", root: str = ".") -> dict[str
     with Tracker(cfg, run_name=f"alignloop-{cfg.section_hash('seed', 'iterations')}").pipeline() as tracker:
         for iteration in range(cfg.iterations + 1):
             stage_seconds |= iteration_flow(iteration, params_path, root)
-            tracker.log_iteration(iteration, _iteration_metrics(layout, iteration),
+            row = iteration_row(layout, iteration)
+            tracker.log_iteration(iteration, row["metrics"] | row["train"] | row["rank"],
                                   artifacts=[str(layout.metrics(iteration))])
         stage_seconds["report"] = stage_task("report", 0, params_path, root)
-    rows = run_report(cfg, layout)
+    rows = iteration_rows(cfg, layout)  # the report stage above already wrote reports/iterations.json
     summary = {
         "iterations": [{"iteration": row["iteration"], "metrics": row["metrics"]} for row in rows],
         "wall_seconds": round(time.perf_counter() - start, 2),

@@ -17,16 +17,17 @@ def _optional_json(path: Path) -> dict[str, Any]:
     return read_json(path) if path.is_file() else {}
 
 
+def iteration_row(layout: Layout, iteration: int) -> dict[str, Any]:
+    """Benchmark metrics of one iteration, with its training and ranking summaries (none for SFT)."""
+    train = _optional_json(layout.train_log(iteration)).get("final", {}) if iteration else {}
+    rank = _optional_json(layout.rank_stats(iteration)) if iteration else {}
+    return {"iteration": iteration, "metrics": read_json(layout.metrics(iteration)),
+            "train": {f"train/{k}": v for k, v in train.items()},
+            "rank": {f"rank/{k}": v for k, v in rank.items()}}
+
+
 def iteration_rows(cfg: Config, layout: Layout) -> list[dict[str, Any]]:
-    rows = []
-    for iteration in range(cfg.iterations + 1):
-        metrics = read_json(layout.metrics(iteration))
-        train = _optional_json(layout.train_log(iteration)).get("final", {})
-        rank = _optional_json(layout.rank_stats(iteration)) if iteration else {}
-        rows.append({"iteration": iteration, "metrics": metrics,
-                     "train": {f"train/{k}": v for k, v in train.items()},
-                     "rank": {f"rank/{k}": v for k, v in rank.items()}})
-    return rows
+    return [iteration_row(layout, iteration) for iteration in range(cfg.iterations + 1)]
 
 
 def run_report(cfg: Config, layout: Layout) -> list[dict[str, Any]]:
