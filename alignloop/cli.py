@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -42,24 +44,68 @@ def _setup(params: Path) -> tuple[Config, Path]:
 
 @app.command()
 def run(params: Path = PARAMS_OPTION) -> None:
-    """The whole pipeline as a Prefect flow; writes artifacts/, reports/summary.json and logs to MLflow."""
+    """The whole pipeline as a Prefect flow; writes artifacts/, reports/summary.json and logs to MLflow.
+
+    Run it again to resume: stages whose inputs, params and code are unchanged and whose outputs are intact finish
+    as Cached; only what is missing or out of date runs. Raise `iterations` in params.yaml to grow a finished run.
+    """
     cfg, root = _setup(params)
-    from alignloop.dvcfile import write_dvc_yaml
     from alignloop.flows.pipeline import StageError, pipeline_flow
+    from alignloop.io import write_json
     from alignloop.paths import Layout
     from alignloop.tasks.report import format_table, iteration_rows
 
-    if (root / "dvc.yaml").is_file():  # keep `dvc repro` describing the same pipeline as this run
-        write_dvc_yaml(cfg, root)
+    start = time.perf_counter()
     try:
         summary = pipeline_flow(params_path=str(params.resolve()), root=str(root))
     except StageError as exc:
         _fail(str(exc), 1)
     except ConfigError as exc:
         _fail(str(exc), 2)
-    typer.echo("\n" + format_table(iteration_rows(cfg, Layout(root))))
-    seconds = summary["wall_seconds"]
-    typer.echo(f"\nwall time {seconds:.0f} s; summary in {Layout(root).summary.relative_to(root)}")
+    layout = Layout(root)
+    summary["orchestration_seconds"] = round(time.perf_counter() - start - summary["wall_seconds"], 2)
+    write_json(layout.summary, summary)
+    typer.echo("\n" + format_table(iteration_rows(cfg, layout)))
+    typer.echo("\n" + stage_line(summary["stages"]))
+    typer.echo(f"wall time {summary['wall_seconds']:.1f} s in the flow + {summary['orchestration_seconds']:.1f} s "
+               f"Prefect start-up and shut-down; summary in {layout.summary.relative_to(root)}")
+
+
+def stage_line(stages: dict[str, dict]) -> str:
+    """`stages: 13 cached, 3 ran (optimize-2, benchmark-2, report)`."""
+    by_status: dict[str, list[str]] = {}
+    for key, step in stages.items():
+        by_status.setdefault(step["status"], []).append(key)
+    parts = [f"{len(keys)} {status}" + (f" ({', '.join(keys)})" if status != "cached" else "")
+             for status, keys in sorted(by_status.items())]
+    return "stages: " + "; ".join(parts)
+
+
+@app.command()
+def serve(params: Path = PARAMS_OPTION,
+          interval: float | None = typer.Option(None, help="Seconds between scheduled runs."),
+          cron: str | None = typer.Option(None, help='A cron schedule, e.g. "0 3 * * *" (03:00 every day).'),
+          name: str = typer.Option("alignloop", help="Name of the Prefect deployment.")) -> None:
+    """Run the pipeline on a schedule: each run continues from the last completed iteration and adds
+    `schedule.iterations_per_run` more (written back to params.yaml).
+
+    Needs a Prefect server: `prefect server start` in another terminal, then
+    `export PREFECT_API_URL=http://127.0.0.1:4200/api`. Stops with Ctrl-C.
+    """
+    cfg, root = _setup(params)
+    if (interval is None) == (cron is None):
+        _fail("give exactly one of --interval SECONDS or --cron EXPR", 2)
+    if interval is not None and interval <= 0:
+        _fail(f"--interval: must be > 0, got {interval}", 2)
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail("scheduled runs need a Prefect server: run `prefect server start`, then "
+              "`export PREFECT_API_URL=http://127.0.0.1:4200/api` and try again", 2)
+    from alignloop.flows.pipeline import pipeline_flow
+
+    pipeline_flow.serve(
+        name=name, interval=interval, cron=cron, limit=1, pause_on_shutdown=False,
+        parameters={"params_path": str(params.resolve()), "root": str(root), "scheduled": True},
+        description=f"alignloop on {root}: +{cfg.schedule.iterations_per_run} iteration(s) per run")
 
 
 @app.command()

@@ -132,6 +132,35 @@ class BenchmarkConfig(Section):
     """Temperature of the sampled evaluation (greedy is always run too)."""
 
 
+STAGE_NAMES = ("prepare", "sft", "sample", "rank", "optimize", "benchmark", "report")
+
+
+class PipelineConfig(Section):
+    """How stages are run; none of this changes what a stage computes, so none of it is in a cache key."""
+
+    retries: dict[str, int] = {"sample": 1}
+    """Extra attempts per stage after a failure (sampling is the usual flaky one), e.g. `{sample: 2, optimize: 1}`."""
+    retry_delay_seconds: float = Field(10.0, ge=0)
+    """Wait before each retry."""
+    dvc_commit: bool = True
+    """After a run, record every finished stage in dvc.lock (`dvc commit`) when the project has `.dvc/`, so `dvc
+    status` is clean and `dvc repro` runs nothing."""
+
+    @model_validator(mode="after")
+    def _known_stages(self) -> PipelineConfig:
+        for name, count in self.retries.items():
+            if name not in STAGE_NAMES:
+                raise ValueError(f"retries: unknown stage {name!r}; stages are {', '.join(STAGE_NAMES)}")
+            if count < 0:
+                raise ValueError(f"retries: {name} must be >= 0, got {count}")
+        return self
+
+
+class ScheduleConfig(Section):
+    iterations_per_run: int = Field(1, ge=1)
+    """Iterations each scheduled run (`alignloop serve`) adds after the last completed one."""
+
+
 class Config(Section):
     seed: int = Field(0, ge=0)
     """Every random draw derives from this seed and records the derived seed with what it produced."""
@@ -144,6 +173,8 @@ class Config(Section):
     rank: RankConfig = RankConfig()
     optimize: OptimizeConfig = OptimizeConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
 
     def section_hash(self, *names: str) -> str:
         """A stable hash of some top-level sections (cache keys, policy ids)."""

@@ -7,6 +7,8 @@ iteration i's stages depend on iteration i−1's policy. Stage names are `sample
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -71,3 +73,14 @@ def write_dvc_yaml(cfg: Config, root: Path) -> Path:
     if not path.is_file() or path.read_text() != text:
         write_text(path, text)
     return path
+
+
+def commit_stages(root: Path, stage_keys: list[str]) -> subprocess.CompletedProcess | None:
+    """Record finished stages in dvc.lock (`dvc commit -f`), so `dvc status` agrees with what `alignloop run` did.
+
+    Does nothing outside a DVC project or when dvc.yaml is missing. Returns the finished `dvc` process.
+    """
+    if not stage_keys or not (root / ".dvc").is_dir() or not (root / "dvc.yaml").is_file():
+        return None
+    command = [sys.executable, "-m", "dvc", "commit", "--force", "--quiet", *stage_keys]
+    return subprocess.run(command, cwd=root, capture_output=True, text=True)

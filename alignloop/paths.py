@@ -75,6 +75,11 @@ class Layout:
     def benchmark_outputs(self, i: int) -> Path:
         return self.iteration(i) / "benchmark_outputs.jsonl"
 
+    # .alignloop/: bookkeeping of which stage outputs are complete (see cache.py); not an artifact
+    @property
+    def stamps(self) -> Path:
+        return self.root / ".alignloop" / "stamps"
+
     # reports/
     @property
     def reports(self) -> Path:

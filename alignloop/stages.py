@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from alignloop import cache
 from alignloop.config import Config
 from alignloop.paths import EVAL_SPLITS, Layout
 
@@ -120,11 +121,19 @@ def plan(cfg: Config) -> list[tuple[Stage, int]]:
     return steps + [(STAGES["report"], 0)]
 
 
-def run_stage(name: str, cfg: Config, layout: Layout, iteration: int = 0) -> None:
-    stage = STAGES[name]
+def check_iteration(stage: Stage, cfg: Config, iteration: int) -> None:
     if stage.per_iteration and not (0 <= iteration <= cfg.iterations):
-        raise ValueError(f"stage {name}: iteration must be in 0..{cfg.iterations} (params iterations), "
+        raise ValueError(f"stage {stage.name}: iteration must be in 0..{cfg.iterations} (params iterations), "
                          f"got {iteration}")
-    if stage.per_iteration and iteration == 0 and name != "benchmark":
-        raise ValueError(f"stage {name} runs in iterations 1..{cfg.iterations}; iteration 0 is SFT")
+    if stage.per_iteration and iteration == 0 and stage.name != "benchmark":
+        raise ValueError(f"stage {stage.name} runs in iterations 1..{cfg.iterations}; iteration 0 is SFT")
+
+
+def run_stage(name: str, cfg: Config, layout: Layout, iteration: int = 0, key: str | None = None) -> dict[str, str]:
+    """Run one stage and stamp its outputs as made from `key` (computed here if not given); returns their digests."""
+    stage = STAGES[name]
+    check_iteration(stage, cfg, iteration)
+    key = key or cache.cache_key(stage, cfg, layout, iteration)
+    cache.remove_scratch(stage, cfg, layout, iteration)
     stage.run(cfg, layout, iteration)
+    return cache.write_stamp(stage, cfg, layout, iteration, key)

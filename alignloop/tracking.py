@@ -1,46 +1,162 @@
-"""MLflow: one parent run per pipeline run, one child per iteration, metrics at `step=iteration`."""
+"""MLflow lineage: one parent run per pipeline run, one child per iteration with metrics at `step=iteration`.
+
+A run that was killed or failed is resumed into the same parent run: the parent carries a tag with the hash of the
+params that define the pipeline (all but `iterations`, `pipeline` and `schedule`), and an unfinished parent with the
+same tag is reopened instead of starting a new one. Iterations already logged under it are not logged twice.
+`MLFLOW_TRACKING_URI` is honoured; `environment.configure` defaults it to a SQLite file in the project.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
+import subprocess
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 from alignloop.config import Config
+from alignloop.io import read_json, read_jsonl
+from alignloop.paths import Layout
+from alignloop.tasks.report import iteration_row
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "alignloop"
+RUN_KEY_TAG = "alignloop.run_key"
+TABLE_ROWS = 5
+_NOT_PIPELINE_DEFINING = {"iterations", "pipeline", "schedule"}
 
 
-def _finite(metrics: dict[str, Any]) -> dict[str, float]:
+def run_key(cfg: Config) -> str:
+    return cfg.section_hash(*(name for name in Config.model_fields if name not in _NOT_PIPELINE_DEFINING))
+
+
+def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """MLflow metric names cannot hold '/'; NaN, infinities and non-numbers are left out."""
     return {key.replace("/", "."): float(value) for key, value in metrics.items()
-            if isinstance(value, (int, float)) and value == value}
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+
+
+def git_commit(root: Path) -> str | None:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def file_sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def sample_table(layout: Layout, iteration: int, rows: int = TABLE_ROWS) -> dict[str, list]:
+    """A few rows to eyeball: prompt / chosen / rejected with scores, or SFT's greedy answers for iteration 0."""
+    if iteration == 0:
+        outputs = read_jsonl(layout.benchmark_outputs(0))[:rows]
+        return {"prompt": [r["prompt"] for r in outputs], "answer": [r["answer"] for r in outputs],
+                "greedy": [r["greedy"] for r in outputs], "greedy_score": [r["greedy_score"] for r in outputs]}
+    pairs = read_jsonl(layout.pairs(iteration))[:rows]
+    return {key: [pair[key] for pair in pairs]
+            for key in ("prompt", "chosen", "chosen_score", "rejected", "rejected_score")}
+
+
+def training_curve(layout: Layout, iteration: int):
+    """The loss (and reward accuracy) of the iteration's training steps as a matplotlib figure; None if no steps."""
+    path = layout.train_log(iteration)
+    history = read_json(path).get("history", []) if path.is_file() else []
+    history = [entry for entry in history if "loss" in entry]
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    steps = [entry.get("step", index) for index, entry in enumerate(history)]
+    axis.plot(steps, [entry["loss"] for entry in history], label="loss")
+    if "reward_accuracy" in history[0]:
+        axis.plot(steps, [entry["reward_accuracy"] for entry in history], label="reward accuracy")
+    axis.set_xlabel("step")
+    axis.set_title("SFT" if iteration == 0 else f"iteration {iteration}")
+    axis.legend()
+    figure.tight_layout()
+    return figure
 
 
 class Tracker:
     """Thin wrapper over the MLflow fluent API; MLflow is imported only when a run starts."""
 
-    def __init__(self, cfg: Config, run_name: str):
-        self.cfg, self.run_name = cfg, run_name
+    def __init__(self, cfg: Config, layout: Layout):
+        self.cfg, self.layout = cfg, layout
+        self.key = run_key(cfg)
         self.parent_id: str | None = None
+        self.resumed = False
+        self._logged: set[int] = set()
+
+    def _unfinished_parent(self, client, experiment_id: str) -> str | None:
+        runs = client.search_runs(
+            [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{self.key}' and attributes.status != 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def _logged_iterations(self, client, experiment_id: str) -> set[int]:
+        children = client.search_runs(
+            [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' "
+                                           "and attributes.status = 'FINISHED'")
+        return {int(run.data.tags["iteration"]) for run in children if "iteration" in run.data.tags}
 
     @contextmanager
     def pipeline(self) -> Iterator[Tracker]:
         import mlflow
 
-        mlflow.set_experiment(EXPERIMENT)
-        with mlflow.start_run(run_name=self.run_name) as parent:
-            self.parent_id = parent.info.run_id
-            mlflow.log_params(self.cfg.flat())
+        experiment = mlflow.set_experiment(EXPERIMENT)
+        client = mlflow.MlflowClient()
+        resume_id = self._unfinished_parent(client, experiment.experiment_id)
+        with mlflow.start_run(run_id=resume_id, run_name=None if resume_id else f"alignloop-{self.key[:8]}") as run:
+            self.parent_id, self.resumed = run.info.run_id, resume_id is not None
+            if self.resumed:
+                self._logged = self._logged_iterations(client, experiment.experiment_id)
+                log.info("MLflow: resuming run %s (iterations logged: %s)", self.parent_id, sorted(self._logged))
+            else:
+                mlflow.log_params(self.cfg.flat())
+            tags = {RUN_KEY_TAG: self.key, "iterations": str(self.cfg.iterations)}
+            commit = git_commit(self.layout.root)
+            if commit:
+                tags["mlflow.source.git.commit"] = tags["git.commit"] = commit
+            mlflow.set_tags(tags)
             yield self
+            self.tag_dvc_lock()
 
-    def log_iteration(self, iteration: int, metrics: dict[str, Any], artifacts: list[str] = ()) -> None:
+    def tag_dvc_lock(self) -> None:
         import mlflow
 
-        values = _finite(metrics)
+        digest = file_sha256(self.layout.root / "dvc.lock")
+        if digest:
+            mlflow.set_tag("dvc.lock.sha256", digest)
+
+    def log_iteration(self, iteration: int) -> None:
+        """Metrics at step=iteration on a child run and on the parent; the training curve and sample table."""
+        if iteration in self._logged:
+            return
+        import mlflow
+
+        row = iteration_row(self.layout, iteration)
+        values = finite_metrics(row["metrics"] | row["train"] | row["rank"])
         with mlflow.start_run(run_name=f"iteration-{iteration}", nested=True):
             mlflow.set_tag("iteration", iteration)
             mlflow.log_metrics(values, step=iteration)
-            for path in artifacts:
-                mlflow.log_artifact(path)
+            for path in (self.layout.metrics(iteration), self.layout.train_log(iteration),
+                         self.layout.rank_stats(iteration)):
+                if path.is_file():
+                    mlflow.log_artifact(str(path))
+            figure = training_curve(self.layout, iteration)
+            if figure is not None:
+                mlflow.log_figure(figure, "training_curve.png")
+                from matplotlib import pyplot as plt
+
+                plt.close(figure)
+            mlflow.log_table(sample_table(self.layout, iteration), artifact_file="samples.json")
         mlflow.log_metrics(values, step=iteration)  # the parent's per-iteration curves
+        self._logged.add(iteration)

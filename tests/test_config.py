@@ -174,3 +174,36 @@ def test_repository_params_yaml_equals_the_typed_defaults():
     from alignloop.config import load_config
 
     assert load_config(Path(__file__).resolve().parents[1] / "params.yaml") == Config()
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"pipeline": {"retries": {"bogus": 1}}},
+     "pipeline.retries: unknown stage 'bogus'; stages are prepare, sft, sample, rank, optimize, benchmark, report"),
+    ({"pipeline": {"retries": {"sample": 1, "optimise": 2}}},
+     "pipeline.retries: unknown stage 'optimise'; stages are prepare, sft, sample, rank, optimize, benchmark, report"),
+    ({"pipeline": {"retries": {"sample": -1}}}, "pipeline.retries: sample must be >= 0, got -1"),
+    ({"pipeline": {"retries": {"optimize": 2, "benchmark": -3}}}, "pipeline.retries: benchmark must be >= 0, got -3"),
+    ({"schedule": {"iterations_per_run": 0}}, "schedule.iterations_per_run: must be >= 1, got 0"),
+    ({"schedule": {"iterations_per_run": -2}}, "schedule.iterations_per_run: must be >= 1, got -2"),
+], ids=["retries-unknown", "retries-misspelt", "retries-negative", "retries-negative-second",
+        "per-run-zero", "per-run-negative"])
+def test_pipeline_and_schedule_errors(raw, message):
+    with pytest.raises(ConfigError) as excinfo:
+        parse_config(raw)
+    assert str(excinfo.value) == message
+
+
+def test_pipeline_and_schedule_values_are_accepted():
+    cfg = parse_config({"pipeline": {"retries": {"sample": 0, "optimize": 2}}, "schedule": {"iterations_per_run": 3}})
+    assert cfg.pipeline.retries == {"sample": 0, "optimize": 2}
+    assert cfg.schedule.iterations_per_run == 3
+    assert parse_config({"pipeline": {"retries": {}}}).pipeline.retries == {}
+    assert parse_config({}).pipeline.retries == {"sample": 1}
+    assert parse_config({}).schedule.iterations_per_run == 1
+
+
+def test_retries_bad_value_type_names_the_stage():
+    with pytest.raises(ConfigError) as excinfo:
+        parse_config({"pipeline": {"retries": {"sample": "x"}}})
+    assert str(excinfo.value).startswith("pipeline.retries.sample: ")
+    assert str(excinfo.value).endswith("got 'x'")

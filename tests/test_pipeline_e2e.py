@@ -52,7 +52,8 @@ def test_alignloop_run_end_to_end(tmp_path: Path) -> None:
     assert summary["iterations"][0]["metrics"]["win_rate_vs_sft"] == 0.5
     assert summary["wall_seconds"] > 0
     assert {"prepare", "sft", "benchmark-0", "sample-1", "rank-1", "optimize-1", "benchmark-1"} <= set(
-        summary["stage_seconds"])
+        summary["stages"])
+    assert all(step["status"] == "ran" and step["seconds"] >= 0 for step in summary["stages"].values())
     assert "in_dist" in result.stdout  # the per-iteration table
 
     samples = [json.loads(line) for line in (project / "artifacts/iter-1/samples.jsonl").read_text().splitlines()]
@@ -70,6 +71,14 @@ def test_alignloop_run_end_to_end(tmp_path: Path) -> None:
     history = client.get_metric_history(parents[0].info.run_id, "in_distribution.greedy_gold")
     assert sorted(point.step for point in history) == [0, 1]
     assert parents[0].data.params["optimize.beta"] == "0.1"
+    assert parents[0].data.tags["alignloop.run_key"]
+    by_iteration = {int(run.data.tags["iteration"]): run for run in children}
+    logged = {item.path for item in client.list_artifacts(by_iteration[1].info.run_id)}
+    assert {"metrics.json", "train_log.json", "rank_stats.json", "training_curve.png", "samples.json"} <= logged
+    table = json.loads(Path(client.download_artifacts(by_iteration[1].info.run_id, "samples.json",
+                                                      str(tmp_path / "download"))).read_text())
+    assert {"prompt", "chosen", "chosen_score", "rejected", "rejected_score"} <= set(table["columns"])
+    assert 0 < len(table["data"]) <= 5
 
 
 def test_dvc_repro_end_to_end(tmp_path: Path) -> None:

@@ -86,6 +86,7 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
     optimizer = torch.optim.AdamW(policy.parameters(), lr=opt.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, warmup))
 
+    log.info("optimize iteration %d: %d pairs, %d steps", iteration, len(pairs), total_steps)
     order: list[int] = []
     history = []
     policy.train()

@@ -1,0 +1,69 @@
+"""DVC and Prefect agree on what is done (tiny preset, one iteration; slow).
+
+After `alignloop run`, `dvc status` is clean and `dvc repro` runs nothing; after `dvc repro`, `alignloop run` recomputes
+nothing; `dvc exp run -S optimize.beta=0.2` runs a sweep point in a git repository.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from pipeline_helpers import ALIGNLOOP, DVC, REPO, make_project, run, snapshot, statuses
+
+pytestmark = pytest.mark.slow
+
+
+def _dvc_project(path: Path, scm: bool = False) -> Path:
+    # `dvc exp run -S key=value` overrides keys params.yaml already has (the repository's has every key).
+    project = make_project(path, {"optimize": {"beta": 0.1}}, link_package=True)
+    if scm:
+        run(["git", "init", "-q"], project)
+        run(["git", "config", "user.email", "test@alignloop"], project)
+        run(["git", "config", "user.name", "test"], project)
+        run([DVC, "init", "-q"], project)
+    else:
+        run([DVC, "init", "--no-scm", "-q"], project)
+    run([ALIGNLOOP, "dvc-yaml"], project)
+    return project
+
+
+def test_dvc_is_clean_after_alignloop_run(tmp_path: Path) -> None:
+    project = _dvc_project(tmp_path)
+    run([ALIGNLOOP, "run"], project)
+    assert (project / "dvc.lock").is_file()
+    assert "up to date" in run([DVC, "status"], project).stdout
+    repro = run([DVC, "repro"], project)
+    assert "Running stage" not in repro.stdout, repro.stdout
+
+
+def test_alignloop_run_reuses_what_dvc_repro_made(tmp_path: Path) -> None:
+    project = _dvc_project(tmp_path)
+    run([DVC, "repro"], project)
+    made_by_dvc = snapshot(project)
+    run([ALIGNLOOP, "run"], project)
+    assert set(statuses(project).values()) == {"reused"}, statuses(project)
+    assert snapshot(project) == made_by_dvc
+    assert "up to date" in run([DVC, "status"], project).stdout
+
+
+def test_dvc_exp_run_sweeps_beta(tmp_path: Path) -> None:
+    project = _dvc_project(tmp_path, scm=True)
+    shutil.copy(REPO / ".gitignore", project / ".gitignore")  # the repository's rules: metrics files stay in git
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "-m", "tiny project"], project)
+    run([DVC, "exp", "run", "-S", "optimize.beta=0.2", "-n", "beta-0.2"], project)
+    shown = json.loads(run([DVC, "exp", "show", "--json"], project).stdout)
+    experiments = [exp for entry in shown for exp in (entry.get("experiments") or [])]
+    names = {exp.get("name") for exp in experiments}
+    assert "beta-0.2" in names, shown
+    revs = [rev for exp in experiments if exp.get("name") == "beta-0.2" for rev in exp["revs"]]
+    params = revs[0]["data"]["params"]["params.yaml"]["data"]
+    assert params["optimize"]["beta"] == 0.2
+    metrics = revs[0]["data"]["metrics"]
+    assert any("in_distribution/greedy_gold" in value["data"] for value in metrics.values())
+    # The experiment ran with the swept value (dvc.lock records the params each stage ran with).
+    lock = (project / "dvc.lock").read_text()
+    assert "beta: 0.2" in lock

@@ -1,0 +1,96 @@
+"""`alignloop serve` against a real local Prefect server: scheduled runs keep adding iterations (slow).
+
+Starts `prefect server start` on a free port, serves the tiny preset every few seconds, and waits until two scheduled
+runs have completed; each must have grown the pipeline by `schedule.iterations_per_run` (1).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from pipeline_helpers import ALIGNLOOP, BIN, env_for, make_project
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+@pytest.fixture()
+def prefect_server(tmp_path: Path):
+    port = _free_port()
+    home = tmp_path / "server-home"
+    env = env_for(tmp_path, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    log = (tmp_path / "server.log").open("w")
+    process = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                               env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               start_new_session=True)
+    api = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert process.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+        time.sleep(1)
+    else:
+        _stop(process)
+        pytest.fail("prefect server did not come up in 180 s")
+    yield api
+    _stop(process)
+    log.close()
+
+
+def _completed_runs(api: str) -> int:
+    response = httpx.post(f"{api}/flow_runs/filter", timeout=10, json={
+        "flows": {"name": {"any_": ["alignloop"]}},
+        "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}})
+    response.raise_for_status()
+    return len(response.json())
+
+
+def test_serve_runs_on_schedule_and_grows_iterations(prefect_server: str, tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project", {"iterations": 0})
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        serve = subprocess.Popen([ALIGNLOOP, "serve", "--interval", "5"], cwd=project,
+                                 env=env_for(project, PREFECT_API_URL=prefect_server), stdout=log,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 900
+            while _completed_runs(prefect_server) < 2 and time.monotonic() < deadline:
+                assert serve.poll() is None, log_path.read_text()[-4000:]
+                time.sleep(2)
+            completed = _completed_runs(prefect_server)
+        finally:
+            _stop(serve)
+    assert completed >= 2, log_path.read_text()[-4000:]
+
+    iterations = yaml.safe_load((project / "params.yaml").read_text())["iterations"]
+    # Each completed run added one iteration; a run cut off by the stop may have raised it once more.
+    assert completed <= iterations <= completed + 1
+    for iteration in range(1, completed + 1):
+        assert (project / "artifacts" / f"iter-{iteration}" / "metrics.json").is_file()
