@@ -62,6 +62,8 @@ def run(params: Path = PARAMS_OPTION) -> None:
         _fail(str(exc), 1)
     except ConfigError as exc:
         _fail(str(exc), 2)
+    finally:
+        _quiet_prefect_shutdown()
     layout = Layout(root)
     summary["orchestration_seconds"] = round(time.perf_counter() - start - summary["wall_seconds"], 2)
     write_json(layout.summary, summary)
@@ -69,6 +71,11 @@ def run(params: Path = PARAMS_OPTION) -> None:
     typer.echo("\n" + stage_line(summary["stages"]))
     typer.echo(f"wall time {summary['wall_seconds']:.1f} s in the flow + {summary['orchestration_seconds']:.1f} s "
                f"Prefect start-up and shut-down; summary in {layout.summary.relative_to(root)}")
+
+
+def _quiet_prefect_shutdown() -> None:
+    """Prefect's temporary server logs its shutdown at exit; keep our last line (result or error) the last line."""
+    logging.getLogger("prefect").setLevel(logging.WARNING)
 
 
 def stage_line(stages: dict[str, dict]) -> str:

@@ -32,7 +32,8 @@ def timed_run(workdir: Path) -> tuple[dict, float]:
 def run_twice(params: Path, keep: Path | None) -> list[tuple[dict, float]]:
     workdir = keep or Path(tempfile.mkdtemp(prefix="alignloop-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(params, workdir / "params.yaml")
+    if (workdir / "params.yaml").resolve() != params:  # `--keep .` times the project in place
+        shutil.copy(params, workdir / "params.yaml")
     runs = [timed_run(workdir), timed_run(workdir)]
     if keep is None:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -58,7 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--summary", type=Path, help="tabulate this summary.json instead of running")
-    parser.add_argument("--keep", type=Path, help="run in this directory and keep it")
+    parser.add_argument("--keep", type=Path, help="run in this directory and keep it (`.`: this project, in place)")
     parser.add_argument("--out", type=Path, default=Path("reports/pipeline_time.json"))
     args = parser.parse_args()
 

@@ -187,3 +187,17 @@ def test_growing_a_run_and_changing_one_stage_parameter(reference, tmp_path: Pat
         "prepare", "sft", "benchmark-0", "sample-1", "rank-1"}
     assert all(status[key] == "ran" for key in status if key not in {"prepare", "sft", "benchmark-0", "sample-1",
                                                                       "rank-1"})
+
+
+def test_missing_or_damaged_outputs_rerun_their_stage_and_everything_after(reference, tmp_path: Path) -> None:
+    project = copy_project(reference[0], tmp_path / "damaged")
+    (project / "artifacts" / "iter-2" / "pairs.jsonl").unlink()  # rank-2's output, gone
+    train_log = project / "artifacts" / "iter-1" / "train_log.json"  # optimize-1's output, cut short
+    train_log.write_text(train_log.read_text()[:100])
+    run([ALIGNLOOP, "run"], project)
+    status = statuses(project)
+    assert {key for key, value in status.items() if value == "cached"} == {
+        "prepare", "sft", "benchmark-0", "sample-1", "rank-1"}
+    assert {key for key, value in status.items() if value == "ran"} == {
+        "optimize-1", "benchmark-1", "sample-2", "rank-2", "optimize-2", "benchmark-2", "report"}
+    assert snapshot(project) == reference[1]
