@@ -104,6 +104,13 @@ def serve(params: Path = PARAMS_OPTION,
         _fail("give exactly one of --interval SECONDS or --cron EXPR", 2)
     if interval is not None and interval <= 0:
         _fail(f"--interval: must be > 0, got {interval}", 2)
+    if cron is not None:
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=cron)
+        except ValueError:
+            _fail(f'--cron: not a cron expression: {cron!r} (five fields, e.g. "0 3 * * *")', 2)
     if not os.environ.get("PREFECT_API_URL"):
         _fail("scheduled runs need a Prefect server: run `prefect server start`, then "
               "`export PREFECT_API_URL=http://127.0.0.1:4200/api` and try again", 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -156,15 +157,28 @@ def test_cli_rejects_bad_params_with_one_line(tmp_path):
      "error: unknown stage 'bogus'; stages are prepare, sft, sample, rank, optimize, benchmark, report"),
     (["run", "--params", "params.yaml"], {"params.yaml": "sample:\n  temperature: 0\n"},
      "error: sample.temperature: must be > 0, got 0"),
-], ids=["missing-file", "invalid-yaml", "unknown-stage", "run-bad-value"])
+    (["serve", "--params", "params.yaml"], {"params.yaml": "seed: 0\n"},
+     "error: give exactly one of --interval SECONDS or --cron EXPR"),
+    (["serve", "--interval", "0", "--params", "params.yaml"], {"params.yaml": "seed: 0\n"},
+     "error: --interval: must be > 0, got 0.0"),
+    (["serve", "--cron", "every day", "--params", "params.yaml"], {"params.yaml": "seed: 0\n"},
+     "error: --cron: not a cron expression: 'every day' (five fields, e.g. \"0 3 * * *\")"),
+    (["serve", "--interval", "60", "--params", "params.yaml"], {"params.yaml": "seed: 0\n"},
+     "error: scheduled runs need a Prefect server: run `prefect server start`, then "
+     "`export PREFECT_API_URL=http://127.0.0.1:4200/api` and try again"),
+], ids=["missing-file", "invalid-yaml", "unknown-stage", "run-bad-value", "serve-no-schedule", "serve-bad-interval",
+        "serve-bad-cron", "serve-no-server"])
 def test_cli_user_errors_exit_2_with_one_line(tmp_path, args, files, message):
     for name, text in files.items():
         (tmp_path / name).write_text(text)
-    result = subprocess.run([str(ALIGNLOOP), *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    result = subprocess.run([str(ALIGNLOOP), *args], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env=env)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [message]
     assert "Traceback" not in result.stdout + result.stderr
-    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(files)
+    # Nothing written but Prefect's empty home (importing prefect makes it).
+    assert sorted(p.name for p in tmp_path.rglob("*") if ".prefect" not in p.parts) == sorted(files)
 
 
 def test_repository_params_yaml_equals_the_typed_defaults():

@@ -22,7 +22,7 @@ from alignloop.dvcfile import commit_stages, write_dvc_yaml
 from alignloop.io import write_json
 from alignloop.paths import Layout
 from alignloop.schedule import scheduled_iterations, set_iterations
-from alignloop.stages import ITERATION_STAGES, STAGES, Stage, check_iteration, run_stage
+from alignloop.stages import ITERATION_STAGES, STAGES, Stage, check_iteration, plan, run_stage
 from alignloop.tasks.report import iteration_rows
 from alignloop.tracking import Tracker
 
@@ -116,9 +116,9 @@ def pipeline_flow(params_path: str = "params.yaml", root: str = ".", scheduled: 
                 written = result["written"]
                 tracker.log_iteration(iteration)
             steps["report"] = run_step(STAGES["report"], 0, cfg, layout, written)
-            _sync_dvc(cfg, layout, list(steps))
+            _sync_dvc(cfg, layout)
     except BaseException:
-        _sync_dvc(cfg, layout, list(steps))  # finished stages stay recorded for `dvc repro` too
+        _sync_dvc(cfg, layout)  # the stages that finished before the failure are recorded for `dvc repro` too
         raise
 
     rows = iteration_rows(cfg, layout)
@@ -131,9 +131,11 @@ def pipeline_flow(params_path: str = "params.yaml", root: str = ".", scheduled: 
     return summary
 
 
-def _sync_dvc(cfg: Config, layout: Layout, finished: list[str]) -> None:
+def _sync_dvc(cfg: Config, layout: Layout) -> None:
+    """`dvc commit` every stage of the plan whose outputs are complete, so dvc.lock matches the workspace."""
     if not cfg.pipeline.dvc_commit:
         return
+    finished = [stage.key(i) for stage, i in plan(cfg) if cache.outputs_intact(stage, cfg, layout, i)]
     result = commit_stages(layout.root, finished)
     if result is not None and result.returncode != 0:
         log.warning("dvc commit failed (dvc.lock is behind; `dvc commit -f` fixes it): %s",
