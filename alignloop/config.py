@@ -107,10 +107,32 @@ class RankConfig(Section):
     """Best vs worst of the N responses; prompts whose responses all tie are dropped."""
 
 
+DEFAULT_REFINEMENT_PROMPT = (
+    "Answer the request below with the most useful response you can give, one that a careful expert would rate at "
+    "the top of the scale, while staying harmless. The request:")
+
+
 class OptimizeConfig(Section):
-    loss: Literal["dpo"] = "dpo"
+    loss: Literal["dpo", "cdpo", "ipo", "simpo", "tdpo1", "tdpo2", "srdpo", "sripo"] = "dpo"
+    """The preference loss (ALGORITHMS.md §1; formulas in alignloop/models/losses.py)."""
     beta: float = Field(0.1, gt=0)
-    """KL strength of DPO."""
+    """KL strength β of dpo, cdpo, tdpo1/2, srdpo and sripo (and the scale of their implicit rewards)."""
+    label_smoothing: float = Field(0.1, ge=0, lt=0.5)
+    """cdpo: the assumed probability ε that a pair's label is flipped."""
+    ipo_tau: float = Field(0.1, gt=0)
+    """ipo: τ; the per-token margin is regressed to 1/(2τ)."""
+    simpo_beta: float = Field(2.0, gt=0)
+    """simpo: β on token-mean log-probs (its own scale, not DPO's β)."""
+    simpo_gamma_ratio: float = Field(0.5, ge=0)
+    """simpo: the target margin γ as a fraction of simpo_beta."""
+    tdpo_alpha: float = Field(0.5, ge=0)
+    """tdpo2: weight α of the sequential-KL difference."""
+    sr_lambda: float = Field(0.5, ge=0)
+    """srdpo / sripo: weight λ of the refinement term Δ."""
+    refinement_prompt: str = Field(DEFAULT_REFINEMENT_PROMPT, min_length=1)
+    """srdpo / sripo: the quality prompt placed before the query for the refinement passes."""
+    kl_chunk_size: int = Field(128, ge=1)
+    """tdpo1 / tdpo2: sequence positions per chunk of the full-vocabulary KL (bounds its memory)."""
     nll_weight: float = Field(1.0, ge=0)
     """Weight of the length-normalised NLL anchor on the chosen response (RPO); 0 is plain DPO."""
     reference: Literal["previous", "sft"] = "previous"

@@ -1,7 +1,9 @@
 """Stage `optimize`: preference optimization of the previous policy on this iteration's pairs.
 
 The loop is plain PyTorch, visible top to bottom: reference log-probs once under `no_grad` (the reference is fixed
-for the iteration), then epochs of shuffled mini-batches with chosen and rejected in one concatenated forward.
+for the iteration), then epochs of shuffled mini-batches with chosen and rejected in one concatenated forward. The
+loss (`optimize.loss`) comes from `models.losses.LOSSES`, and only what it needs is computed: no reference model for
+SimPO, reference logits per batch for TDPO's full-vocabulary KL, the quality-prompted passes for Sr-DPO / Sr-IPO.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import shutil
 
 import torch
 
-from alignloop.config import Config
+from alignloop.config import Config, OptimizeConfig
 from alignloop.io import atomic_path, read_jsonl, write_json
 from alignloop.models.generation import derive_seed
-from alignloop.models.logprobs import Tokenized, collate, sequence_logps, to_device, tokenize_response
-from alignloop.models.losses import dpo_loss, nll_anchor
+from alignloop.models.logprobs import Tokenized, collate, sequence_logps, to_device, token_logps, tokenize_response
+from alignloop.models.losses import LOSSES, LossParams, PairBatch, nll_anchor, sequence_sum, token_forward_kl
 from alignloop.models.policy import load_policy
 from alignloop.paths import Layout
 from alignloop.progress import progress
@@ -51,6 +53,27 @@ def reference_logps(model, pairs, pad_id: int, batch_size: int) -> tuple[torch.T
     return torch.cat(chosen), torch.cat(rejected)
 
 
+def loss_params(opt: OptimizeConfig) -> LossParams:
+    return LossParams(beta=opt.beta, label_smoothing=opt.label_smoothing, ipo_tau=opt.ipo_tau,
+                      simpo_beta=opt.simpo_beta, simpo_gamma_ratio=opt.simpo_gamma_ratio, tdpo_alpha=opt.tdpo_alpha,
+                      sr_lambda=opt.sr_lambda)
+
+
+def with_refinement_prompt(pairs_rows: list[dict], refinement_prompt: str) -> list[dict]:
+    """Sr-DPO's p ⊕ x: the quality prompt before the query, inside the same user turn of the chat template."""
+    return [{**row, "prompt": f"{refinement_prompt}\n\n{row['prompt']}"} for row in pairs_rows]
+
+
+@torch.no_grad()
+def prompted_margin(policy, prompted, indices: list[int], pad_id: int,
+                    reference_sums: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Sr-*'s h on the quality-prompted pairs: the current policy's two passes now, the reference's precomputed."""
+    sums, _ = sequence_logps(policy, to_device(pair_batch(prompted, indices, pad_id), policy.device))
+    n = len(indices)
+    ref_chosen, ref_rejected = (part[indices].to(policy.device) for part in reference_sums)
+    return (sums[:n] - ref_chosen) - (sums[n:] - ref_rejected)
+
+
 def lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warmup, then cosine decay to zero."""
     if step < warmup:
@@ -72,12 +95,21 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
         write_json(layout.train_log(iteration), {"pairs": 0, "steps": 0})
         return
 
+    spec, params = LOSSES[opt.loss], loss_params(opt)
     pairs = tokenize_pairs(pairs_rows, tokenizer, cfg.model.max_length)
+    prompted = (tokenize_pairs(with_refinement_prompt(pairs_rows, opt.refinement_prompt), tokenizer,
+                               cfg.model.max_length) if spec.needs_refinement else None)
     pad_id = tokenizer.pad_token_id
-    reference_dir = layout.policy(0 if opt.reference == "sft" else iteration - 1)
-    reference, _ = load_policy(reference_dir, cfg.model, policy.device)
-    ref_chosen, ref_rejected = reference_logps(reference, pairs, pad_id, opt.batch_size * 2)
-    del reference
+    reference = ref_chosen = ref_rejected = ref_prompted = None
+    if spec.needs_reference:
+        reference_dir = layout.policy(0 if opt.reference == "sft" else iteration - 1)
+        reference, _ = load_policy(reference_dir, cfg.model, policy.device)
+        if not spec.needs_kl:  # sequence sums suffice: compute them once, then free the model
+            ref_chosen, ref_rejected = reference_logps(reference, pairs, pad_id, opt.batch_size * 2)
+        if prompted is not None:
+            ref_prompted = reference_logps(reference, prompted, pad_id, opt.batch_size * 2)
+        if not spec.needs_kl:
+            reference = None
 
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "optimize", iteration))
     steps_per_epoch = math.ceil(len(pairs) / opt.batch_size)
@@ -86,7 +118,7 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
     optimizer = torch.optim.AdamW(policy.parameters(), lr=opt.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, warmup))
 
-    log.info("optimize iteration %d: %d pairs, %d steps", iteration, len(pairs), total_steps)
+    log.info("optimize iteration %d: %s on %d pairs, %d steps", iteration, opt.loss, len(pairs), total_steps)
     order: list[int] = []
     history = []
     policy.train()
@@ -95,15 +127,27 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
             order += torch.randperm(len(pairs), generator=generator).tolist()
         indices, order = order[: opt.batch_size], order[opt.batch_size:]
         batch = to_device(pair_batch(pairs, indices, pad_id), policy.device)
-        logps, token_counts = sequence_logps(policy, batch)
+        logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logps, mask = token_logps(logits, batch["input_ids"], batch["response_mask"])
         n = len(indices)
-        policy_chosen, policy_rejected = logps[:n], logps[n:]
-        losses, chosen_rewards, rejected_rewards = dpo_loss(
-            policy_chosen, policy_rejected, ref_chosen[indices].to(policy.device),
-            ref_rejected[indices].to(policy.device), opt.beta)
-        loss = losses.mean()
+        fields = {"policy_chosen_logps": logps[:n], "policy_rejected_logps": logps[n:],
+                  "chosen_mask": mask[:n], "rejected_mask": mask[n:]}
+        if spec.needs_kl:  # TDPO: the reference's full distribution at every response position, per batch
+            with torch.no_grad():
+                ref_logits = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            ref_logps, _ = token_logps(ref_logits, batch["input_ids"], batch["response_mask"])
+            kl = token_forward_kl(logits[:, :-1], ref_logits[:, :-1], mask, chunk_size=opt.kl_chunk_size)
+            fields |= {"reference_chosen_logps": ref_logps[:n], "reference_rejected_logps": ref_logps[n:],
+                       "chosen_kl": kl[:n], "rejected_kl": kl[n:]}
+        elif spec.needs_reference:
+            fields |= {"reference_chosen_logps": ref_chosen[indices].to(policy.device),
+                       "reference_rejected_logps": ref_rejected[indices].to(policy.device)}
+        if prompted is not None:
+            fields["prompted_margin"] = prompted_margin(policy, prompted, indices, pad_id, ref_prompted)
+        out = spec.fn(PairBatch(**fields), params)
+        loss = out.losses.mean()
         if opt.nll_weight:
-            loss = loss + opt.nll_weight * nll_anchor(policy_chosen, token_counts[:n]).mean()
+            loss = loss + opt.nll_weight * nll_anchor(sequence_sum(logps[:n], mask[:n]), mask[:n].sum(-1)).mean()
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"optimize iteration {iteration}, step {step}: loss is {loss.item()}; lower optimize.learning_rate "
@@ -113,23 +157,17 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), opt.max_grad_norm)
         optimizer.step()
         scheduler.step()
-        history.append({
-            "step": step, "loss": loss.item(), "grad_norm": grad_norm.item(),
-            "reward_accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
-            "reward_margin": (chosen_rewards - rejected_rewards).mean().item(),
-            # Change of the chosen responses' log-prob against the reference: a fall of > ~1 nat came before
-            # every collapse seen on the testbed (notes/testbed_findings.md).
-            "chosen_logp_change": (chosen_rewards / opt.beta).mean().item(),
-            "rejected_logp_change": (rejected_rewards / opt.beta).mean().item(),
-        })
+        # chosen_logp_change (reference-based losses): a fall of > ~1 nat came before every collapse seen on the
+        # testbed (notes/testbed_findings.md).
+        history.append({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(),
+                        **{name: value.item() for name, value in out.metrics.items()}})
     policy.eval()
     with atomic_path(out_dir) as tmp:
         policy.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     last = history[-max(1, steps_per_epoch // 2):]  # the final half epoch
-    summary = {key: sum(h[key] for h in last) / len(last)
-               for key in ("loss", "reward_accuracy", "reward_margin", "chosen_logp_change", "rejected_logp_change")}
-    write_json(layout.train_log(iteration), {"pairs": len(pairs), "steps": total_steps, "final": summary,
-                                             "history": history})
+    summary = {key: sum(h[key] for h in last) / len(last) for key in last[0] if key != "step"}
+    write_json(layout.train_log(iteration), {"loss": opt.loss, "pairs": len(pairs), "steps": total_steps,
+                                             "final": summary, "history": history})
     log.info("optimize: %d pairs, %d steps; final %s", len(pairs), total_steps,
              ", ".join(f"{k}={v:.3f}" for k, v in summary.items()))
