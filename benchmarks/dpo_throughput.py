@@ -1,0 +1,111 @@
+"""Pairs per second of our optimize stage against TRL's DPOTrainer: same model, pairs, batch size and steps.
+
+Both start from the same saved policy, precompute the reference log-probs once (TRL: `precompute_ref_log_probs`),
+and run the same number of optimizer steps with sigmoid DPO, β = 0.1, no NLL anchor. The two are timed alternately
+in one process, `--repeats` times each, and the ratio of medians is reported (absolute times on shared machines are
+noisy; the ratio is the figure).
+
+    python benchmarks/dpo_throughput.py --pairs 512 --batch-size 32 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def make_pairs(count: int, seed: int) -> list[dict]:
+    from alignloop.config import TestbedConfig
+    from alignloop.testbed.data import build_testbed_data
+
+    prompts = build_testbed_data(TestbedConfig(sft_examples=10, prompt_pool_size=count, eval_size=10),
+                                 seed)["train_prompts"]
+    return [{"pair_id": f"p{k}", "prompt": row["prompt"], "chosen": row["answer"], "chosen_finished": True,
+             "rejected": row["answer"][::-1] + "!", "rejected_finished": True, "chosen_score": 0.85,
+             "rejected_score": 0.2} for k, row in enumerate(prompts[:count])]
+
+
+def run_ours(root: Path, sft_dir: Path, pairs: list[dict], batch_size: int, epochs: float) -> float:
+    from alignloop.config import Config
+    from alignloop.io import write_jsonl
+    from alignloop.paths import Layout
+    from alignloop.tasks.optimize import run_optimize
+
+    layout = Layout(root)
+    if not layout.policy(0).exists():
+        layout.policy(0).parent.mkdir(parents=True, exist_ok=True)
+        layout.policy(0).symlink_to(sft_dir, target_is_directory=True)
+    write_jsonl(layout.pairs(1), pairs)
+    cfg = Config.model_validate({"optimize": {"batch_size": batch_size, "epochs": epochs, "nll_weight": 0.0}})
+    start = time.perf_counter()
+    run_optimize(cfg, layout, 1)
+    return time.perf_counter() - start
+
+
+def run_trl(root: Path, sft_dir: Path, pairs: list[dict], batch_size: int, epochs: float) -> float:
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from alignloop.config import ModelConfig
+    from alignloop.models.policy import load_policy
+
+    start = time.perf_counter()  # like ours: loading both models and preparing the data count
+    model, tokenizer = load_policy(sft_dir, ModelConfig(), torch.device("cpu"))
+    reference, _ = load_policy(sft_dir, ModelConfig(), torch.device("cpu"))
+    data = Dataset.from_dict({
+        "prompt": [[{"role": "user", "content": p["prompt"]}] for p in pairs],
+        "chosen": [[{"role": "assistant", "content": p["chosen"]}] for p in pairs],
+        "rejected": [[{"role": "assistant", "content": p["rejected"]}] for p in pairs]})
+    args = DPOConfig(output_dir=str(root / "trl"), per_device_train_batch_size=batch_size, num_train_epochs=epochs,
+                     learning_rate=3e-4, beta=0.1, loss_type=["sigmoid"], precompute_ref_log_probs=True,
+                     max_length=96, bf16=False, fp16=False, activation_checkpointing=False, use_cpu=True,
+                     report_to="none", save_strategy="no", logging_steps=10_000, disable_tqdm=True,
+                     dataloader_num_workers=0, lr_scheduler_type="cosine", warmup_steps=0.1)  # a fraction: transformers 5
+    trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=data,
+                         processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model(str(root / "trl-policy"))  # ours saves its policy too
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("reports/dpo_throughput.json"))
+    args = parser.parse_args()
+
+    from alignloop.config import ModelConfig
+    from alignloop.testbed.model import create_base_model
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        sft_dir = create_base_model(ModelConfig(), 0, root / "sft")
+        pairs = make_pairs(args.pairs, 0)
+        times: dict[str, list[float]] = {"alignloop": [], "trl": []}
+        for repeat in range(args.repeats):  # alternate, so slow spells of the machine hit both
+            times["alignloop"].append(run_ours(root / f"ours-{repeat}", sft_dir, pairs, args.batch_size, args.epochs))
+            times["trl"].append(run_trl(root / f"trl-{repeat}", sft_dir, pairs, args.batch_size, args.epochs))
+    rate = {name: args.pairs * args.epochs / statistics.median(values) for name, values in times.items()}
+    ratio = rate["alignloop"] / rate["trl"]
+    print(f"{'trainer':<10}{'median s':>10}{'pairs/s':>10}")
+    for name, values in times.items():
+        print(f"{name:<10}{statistics.median(values):>10.2f}{rate[name]:>10.1f}")
+    print(f"alignloop / TRL pairs per second: {ratio:.2f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"pairs": args.pairs, "batch_size": args.batch_size, "epochs": args.epochs,
+                                    "seconds": times, "pairs_per_second": rate, "ratio": ratio}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
