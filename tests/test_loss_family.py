@@ -480,3 +480,33 @@ def test_simpo_matches_trl_cpo_simpo(tiny_models):
     assert torch.allclose(out.chosen_rewards.double(), trl_chosen, atol=1e-5, rtol=0)
     assert torch.allclose(out.rejected_rewards.double(), trl_rejected, atol=1e-5, rtol=0)
     assert torch.allclose(_grads(policy), trl_grads, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 8, 100])
+def test_sequential_kl_from_hidden_equals_kl_of_full_logits(chunk_size):
+    """The stage's TDPO path (heads applied chunk by chunk on hidden states) gives the same KL, reference log-probs
+    and policy gradients as applying the heads first and calling `token_forward_kl`."""
+    from alignloop.models.losses import sequential_kl_from_hidden, token_forward_kl
+
+    torch.manual_seed(3)
+    batch, seq, width, vocab = 2, 7, 5, 11
+    policy_head, reference_head = torch.nn.Linear(width, vocab), torch.nn.Linear(width, vocab)
+    policy_hidden = torch.randn(batch, seq, width, requires_grad=True)
+    reference_hidden = torch.randn(batch, seq, width)
+    targets = torch.randint(0, vocab, (batch, seq))
+    mask = torch.rand(batch, seq) > 0.3
+
+    reference_logps, kl = sequential_kl_from_hidden(policy_hidden, policy_head, reference_hidden, reference_head,
+                                                    targets, mask, chunk_size)
+    (kl.sum() * 0.7).backward()
+    grads = (policy_hidden.grad.clone(), policy_head.weight.grad.clone())
+    policy_hidden.grad, policy_head.weight.grad = None, None
+
+    direct_kl = token_forward_kl(policy_head(policy_hidden), reference_head(reference_hidden), mask, chunk_size=seq)
+    (direct_kl.sum() * 0.7).backward()
+    direct_logps = torch.log_softmax(reference_head(reference_hidden), -1).gather(-1, targets[..., None])[..., 0]
+    assert torch.allclose(kl, direct_kl, atol=1e-6)
+    assert torch.allclose(reference_logps, direct_logps.detach(), atol=1e-6)
+    assert torch.allclose(grads[0], policy_hidden.grad, atol=1e-6)
+    assert torch.allclose(grads[1], policy_head.weight.grad, atol=1e-6)
+    assert reference_head.weight.grad is None  # the reference is never trained

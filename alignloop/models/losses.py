@@ -314,6 +314,42 @@ def token_forward_kl(policy_logits: Tensor, reference_logits: Tensor, mask: Tens
     return kl if mask is None else torch.where(mask.bool(), kl, torch.zeros_like(kl))
 
 
+def _chunk_forward_kl_from_hidden(policy_hidden: Tensor, reference_hidden: Tensor, policy_head,
+                                  reference_head) -> Tensor:
+    policy_logits = policy_head(policy_hidden)
+    with torch.no_grad():
+        reference_logits = reference_head(reference_hidden)
+    return _chunk_forward_kl(policy_logits, reference_logits)
+
+
+def sequential_kl_from_hidden(policy_hidden: Tensor, policy_head, reference_hidden: Tensor, reference_head,
+                              targets: Tensor, mask: Tensor, chunk_size: int = 128) -> tuple[Tensor, Tensor]:
+    """TDPO's inputs from last hidden states and output heads: the reference's per-token log-probs of `targets` and
+    the per-token KL(π_ref ‖ π_θ), both (batch, seq), masked.
+
+    Same numbers as `token_forward_kl(policy_head(policy_hidden), reference_head(reference_hidden))`, but neither
+    model's full (batch, seq, vocab) logits are needed: the heads run `chunk_size` positions at a time, and each
+    chunk is checkpointed (recomputed in the backward), so the KL's memory is one chunk's fp32 logits of each model,
+    and its gradient reaches the policy through the (batch, seq, hidden) states, not a vocabulary-sized tensor.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    reference_hidden = reference_hidden.detach()
+    recompute = torch.is_grad_enabled() and policy_hidden.requires_grad
+    kl_pieces, logp_pieces = [], []
+    for start in range(0, policy_hidden.shape[1], chunk_size):
+        chunk = slice(start, start + chunk_size)
+        with torch.no_grad():
+            logp = F.log_softmax(reference_head(reference_hidden[:, chunk]).float(), dim=-1)
+            logp_pieces.append(logp.gather(-1, targets[:, chunk, None]).squeeze(-1))
+            del logp
+        args = (policy_hidden[:, chunk], reference_hidden[:, chunk], policy_head, reference_head)
+        kl_pieces.append(checkpoint(_chunk_forward_kl_from_hidden, *args, use_reentrant=False) if recompute
+                         else _chunk_forward_kl_from_hidden(*args))
+    kl, reference_logps = torch.cat(kl_pieces, dim=1), torch.cat(logp_pieces, dim=1)
+    return reference_logps, torch.where(mask.bool(), kl, torch.zeros_like(kl))
+
+
 # ---------------------------------------------------------------- the API optimize.py calls today
 
 def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, reference_chosen: Tensor, reference_rejected: Tensor,

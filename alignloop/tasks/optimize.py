@@ -18,7 +18,7 @@ from alignloop.config import Config, OptimizeConfig
 from alignloop.io import atomic_path, read_jsonl, write_json
 from alignloop.models.generation import derive_seed
 from alignloop.models.logprobs import Tokenized, collate, sequence_logps, to_device, token_logps, tokenize_response
-from alignloop.models.losses import LOSSES, LossParams, PairBatch, nll_anchor, sequence_sum, token_forward_kl
+from alignloop.models.losses import LOSSES, LossParams, PairBatch, nll_anchor, sequence_sum, sequential_kl_from_hidden
 from alignloop.models.policy import load_policy
 from alignloop.paths import Layout
 from alignloop.progress import progress
@@ -62,6 +62,26 @@ def loss_params(opt: OptimizeConfig) -> LossParams:
 def with_refinement_prompt(pairs_rows: list[dict], refinement_prompt: str) -> list[dict]:
     """Sr-DPO's p ⊕ x: the quality prompt before the query, inside the same user turn of the chat template."""
     return [{**row, "prompt": f"{refinement_prompt}\n\n{row['prompt']}"} for row in pairs_rows]
+
+
+def forward_logits(policy, batch: dict[str, torch.Tensor], keep_hidden: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The policy's logits, and its last hidden states when TDPO's chunked KL needs them."""
+    if not keep_hidden:
+        return policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, None
+    hidden = policy.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    return policy.get_output_embeddings()(hidden), hidden
+
+
+def tdpo_reference(policy, reference, batch: dict[str, torch.Tensor], hidden: torch.Tensor, mask: torch.Tensor,
+                   chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's per-token log-probs and the per-token KL(π_ref ‖ π_θ), both (batch, seq − 1), aligned with
+    `token_logps`. Only hidden states are kept; both output heads run chunk by chunk."""
+    with torch.no_grad():
+        reference_hidden = reference.base_model(input_ids=batch["input_ids"],
+                                                attention_mask=batch["attention_mask"]).last_hidden_state
+    return sequential_kl_from_hidden(hidden[:, :-1], policy.get_output_embeddings(), reference_hidden[:, :-1],
+                                     reference.get_output_embeddings(), batch["input_ids"][:, 1:], mask, chunk_size)
 
 
 @torch.no_grad()
@@ -127,16 +147,13 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
             order += torch.randperm(len(pairs), generator=generator).tolist()
         indices, order = order[: opt.batch_size], order[opt.batch_size:]
         batch = to_device(pair_batch(pairs, indices, pad_id), policy.device)
-        logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits, hidden = forward_logits(policy, batch, keep_hidden=spec.needs_kl)
         logps, mask = token_logps(logits, batch["input_ids"], batch["response_mask"])
         n = len(indices)
         fields = {"policy_chosen_logps": logps[:n], "policy_rejected_logps": logps[n:],
                   "chosen_mask": mask[:n], "rejected_mask": mask[n:]}
         if spec.needs_kl:  # TDPO: the reference's full distribution at every response position, per batch
-            with torch.no_grad():
-                ref_logits = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            ref_logps, _ = token_logps(ref_logits, batch["input_ids"], batch["response_mask"])
-            kl = token_forward_kl(logits[:, :-1], ref_logits[:, :-1], mask, chunk_size=opt.kl_chunk_size)
+            ref_logps, kl = tdpo_reference(policy, reference, batch, hidden, mask, opt.kl_chunk_size)
             fields |= {"reference_chosen_logps": ref_logps[:n], "reference_rejected_logps": ref_logps[n:],
                        "chosen_kl": kl[:n], "rejected_kl": kl[n:]}
         elif spec.needs_reference:
