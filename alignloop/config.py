@@ -107,9 +107,9 @@ class RankConfig(Section):
     """Best vs worst of the N responses; prompts whose responses all tie are dropped."""
 
 
-DEFAULT_REFINEMENT_PROMPT = (
-    "Answer the request below with the most useful response you can give, one that a careful expert would rate at "
-    "the top of the scale, while staying harmless. The request:")
+# Short on purpose: with the testbed's character tokenizer every character is a token, and the prompted passes must
+# still fit prompt + response in model.max_length.
+DEFAULT_REFINEMENT_PROMPT = "Give the best, most useful and harmless answer."
 
 
 class OptimizeConfig(Section):

@@ -14,7 +14,7 @@ from alignloop.paths import Layout
 from alignloop.tasks import optimize
 from alignloop.testbed.model import create_base_model
 
-TINY = {"model": {"n_layer": 1, "n_embd": 32, "n_head": 2},
+TINY = {"model": {"n_layer": 1, "n_embd": 32, "n_head": 2, "max_length": 160},  # room for Sr's quality prompt
         "optimize": {"batch_size": 4, "epochs": 2, "learning_rate": 1e-3, "warmup_ratio": 0.0}}
 
 
@@ -65,9 +65,19 @@ def test_every_loss_trains_and_loads_only_what_it_needs(loss, tmp_path, sft_dir,
         assert metrics["kl_chosen"] > 0
     if spec.needs_refinement:
         assert log["history"][0]["refinement_margin"] == pytest.approx(0.0, abs=1e-5)
+        assert abs(log["history"][-1]["refinement_margin"]) > 1e-4  # the prompted passes see the policy move
     before, after = load_file(str(sft_dir / "model.safetensors")), load_file(
         str(layout.policy(1) / "model.safetensors"))
     assert any(not torch.equal(before[name], after[name]) for name in before)
     # Four steps at lr 1e-3 move the chosen responses up against the rejected ones.
     first, last = log["history"][0], log["history"][-1]
     assert last["reward_margin"] > first["reward_margin"]
+
+
+def test_refinement_prompt_too_long_for_the_model_is_an_error(tmp_path, sft_dir, small_testbed_data):
+    layout = _project(tmp_path, sft_dir, small_testbed_data)
+    cfg = Config.model_validate({**TINY, "optimize": {**TINY["optimize"], "loss": "srdpo",
+                                                      "refinement_prompt": "Please answer well. " * 8}})
+    with pytest.raises(ValueError, match=r"optimize.refinement_prompt leaves too little room: \d+ of 16 responses"):
+        optimize.run_optimize(cfg, layout, 1)
+    assert not layout.policy(1).exists()

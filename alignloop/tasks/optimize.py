@@ -84,6 +84,18 @@ def tdpo_reference(policy, reference, batch: dict[str, torch.Tensor], hidden: to
                                      reference.get_output_embeddings(), batch["input_ids"][:, 1:], mask, chunk_size)
 
 
+def check_prompted_fit(pairs, prompted, max_length: int) -> None:
+    """The quality prompt must leave every response whole: a cut response would make Δ compare different texts."""
+    cut = sum(len(p[side].response_ids) < len(q[side].response_ids)
+              for p, q in zip(prompted, pairs) for side in (0, 1))
+    if cut:
+        longest = max(len(p[0].prompt_ids) for p in prompted)
+        raise ValueError(
+            f"optimize.refinement_prompt leaves too little room: {cut} of {2 * len(pairs)} responses would be cut to "
+            f"fit model.max_length ({max_length}; prompted prompts take up to {longest} tokens). Shorten "
+            "optimize.refinement_prompt or raise model.max_length")
+
+
 @torch.no_grad()
 def prompted_margin(policy, prompted, indices: list[int], pad_id: int,
                     reference_sums: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -119,6 +131,8 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
     pairs = tokenize_pairs(pairs_rows, tokenizer, cfg.model.max_length)
     prompted = (tokenize_pairs(with_refinement_prompt(pairs_rows, opt.refinement_prompt), tokenizer,
                                cfg.model.max_length) if spec.needs_refinement else None)
+    if prompted is not None:
+        check_prompted_fit(pairs, prompted, cfg.model.max_length)
     pad_id = tokenizer.pad_token_id
     reference = ref_chosen = ref_rejected = ref_prompted = None
     if spec.needs_reference:
