@@ -8,7 +8,6 @@ same tag is reopened instead of starting a new one. Iterations already logged un
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import subprocess
@@ -16,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from alignloop.cache import file_digest
 from alignloop.config import Config
 from alignloop.io import read_json, read_jsonl
 from alignloop.paths import Layout
@@ -47,7 +47,7 @@ def git_commit(root: Path) -> str | None:
 
 
 def file_sha256(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return file_digest(path) if path.is_file() else None
 
 
 def sample_table(layout: Layout, iteration: int, rows: int = TABLE_ROWS) -> dict[str, list]:

@@ -350,7 +350,7 @@ def sequential_kl_from_hidden(policy_hidden: Tensor, policy_head, reference_hidd
     return reference_logps, torch.where(mask.bool(), kl, torch.zeros_like(kl))
 
 
-# ---------------------------------------------------------------- the API optimize.py calls today
+# ---------------------------------------------------------------- per-sequence conveniences (tests, scripts)
 
 def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, reference_chosen: Tensor, reference_rejected: Tensor,
              beta: float) -> tuple[Tensor, Tensor, Tensor]:
