@@ -109,7 +109,7 @@ class RankConfig(Section):
 
 # Short on purpose: with the testbed's character tokenizer every character is a token, and the prompted passes must
 # still fit prompt + response in model.max_length.
-DEFAULT_REFINEMENT_PROMPT = "Give the best, most useful and harmless answer."
+DEFAULT_REFINEMENT_PROMPT = "Answer exactly."
 
 
 class OptimizeConfig(Section):

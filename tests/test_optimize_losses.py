@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from alignloop.config import Config
-from alignloop.io import read_json, write_jsonl
+from alignloop.io import read_json, read_jsonl, write_jsonl
 from alignloop.models.losses import LOSSES
 from alignloop.paths import Layout
 from alignloop.tasks import optimize
@@ -74,10 +74,52 @@ def test_every_loss_trains_and_loads_only_what_it_needs(loss, tmp_path, sft_dir,
     assert last["reward_margin"] > first["reward_margin"]
 
 
+def _needs(layout: Layout, tokenizer) -> list[int]:
+    """Prompt + longest response tokens of each pair, without the quality prompt."""
+    from alignloop.models.logprobs import tokenize_response
+
+    return [max(len(t.prompt_ids) + len(t.response_ids)
+                for t in (tokenize_response(tokenizer, row["prompt"], row[side], row[f"{side}_finished"], 10_000)
+                          for side in ("chosen", "rejected")))
+            for row in read_jsonl(layout.pairs(1))]
+
+
 def test_refinement_prompt_too_long_for_the_model_is_an_error(tmp_path, sft_dir, small_testbed_data):
     layout = _project(tmp_path, sft_dir, small_testbed_data)
     cfg = Config.model_validate({**TINY, "optimize": {**TINY["optimize"], "loss": "srdpo",
                                                       "refinement_prompt": "Please answer well. " * 8}})
-    with pytest.raises(ValueError, match=r"optimize.refinement_prompt leaves too little room: \d+ of 16 responses"):
+    with pytest.raises(ValueError, match=r"optimize.refinement_prompt leaves too little room: \d+ of 8 pairs"):
         optimize.run_optimize(cfg, layout, 1)
     assert not layout.policy(1).exists()
+
+
+def test_pairs_the_quality_prompt_would_cut_get_no_refinement(tmp_path, sft_dir, small_testbed_data):
+    from transformers import AutoTokenizer
+
+    layout = _project(tmp_path, sft_dir, small_testbed_data)
+    needs = sorted(_needs(layout, AutoTokenizer.from_pretrained(sft_dir)))
+    # A prompt of exactly the room the sixth-longest pair leaves ("\n\n" joins it to the query): longer pairs are cut.
+    room = TINY["model"]["max_length"] - needs[5] - 2
+    cfg = Config.model_validate({**TINY, "optimize": {**TINY["optimize"], "loss": "srdpo",
+                                                      "refinement_prompt": "x" * room}})
+    optimize.run_optimize(cfg, layout, 1)
+    expected = sum(need > needs[5] for need in needs)
+    assert 1 <= expected <= 2
+    assert read_json(layout.train_log(1))["refinement_unfit_pairs"] == expected
+
+
+def test_unfit_pairs_have_zero_prompted_margin():
+    from alignloop.models.logprobs import Tokenized
+
+    class Constant(torch.nn.Module):  # sequence_logps only needs a causal LM's logits
+        device = torch.device("cpu")
+
+        def forward(self, input_ids, attention_mask):
+            return type("Out", (), {"logits": torch.zeros(*input_ids.shape, 5)})()
+
+    pair = (Tokenized([1, 2], [3, 4]), Tokenized([1, 2], [3]))
+    fits = torch.tensor([True, False])
+    margin = optimize.prompted_margin(Constant(), [pair, pair], [0, 1], 0,
+                                      (torch.tensor([-1.0, -1.0]), torch.tensor([-3.0, -3.0])), fits)
+    # log p = log(1/5) per token: chosen −2·log 5 + 1, rejected −log 5 + 3, so h = −log 5 − 2 where it fits.
+    assert margin.tolist() == pytest.approx([-torch.log(torch.tensor(5.0)).item() - 2, 0.0])

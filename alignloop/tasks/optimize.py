@@ -84,26 +84,30 @@ def tdpo_reference(policy, reference, batch: dict[str, torch.Tensor], hidden: to
                                      reference.get_output_embeddings(), batch["input_ids"][:, 1:], mask, chunk_size)
 
 
-def check_prompted_fit(pairs, prompted, max_length: int) -> None:
-    """The quality prompt must leave every response whole: a cut response would make Δ compare different texts."""
-    cut = sum(len(p[side].response_ids) < len(q[side].response_ids)
-              for p, q in zip(prompted, pairs) for side in (0, 1))
-    if cut:
+def prompted_fits(pairs, prompted, max_length: int) -> torch.Tensor:
+    """(pairs,) bool: the quality prompt leaves both responses whole. A cut response would make Δ compare different
+    texts, so a pair that does not fit gets Δ = 0 (its loss is the base DPO / IPO term); past half, it is an error."""
+    fits = torch.tensor([len(p[0].response_ids) == len(q[0].response_ids) and
+                         len(p[1].response_ids) == len(q[1].response_ids) for p, q in zip(prompted, pairs)])
+    if fits.sum() * 2 < len(pairs):
         longest = max(len(p[0].prompt_ids) for p in prompted)
         raise ValueError(
-            f"optimize.refinement_prompt leaves too little room: {cut} of {2 * len(pairs)} responses would be cut to "
-            f"fit model.max_length ({max_length}; prompted prompts take up to {longest} tokens). Shorten "
-            "optimize.refinement_prompt or raise model.max_length")
+            f"optimize.refinement_prompt leaves too little room: {len(pairs) - int(fits.sum())} of {len(pairs)} pairs "
+            f"would have a response cut to fit model.max_length ({max_length}; prompted prompts take up to {longest} "
+            "tokens). Shorten optimize.refinement_prompt or raise model.max_length")
+    return fits
 
 
 @torch.no_grad()
 def prompted_margin(policy, prompted, indices: list[int], pad_id: int,
-                    reference_sums: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Sr-*'s h on the quality-prompted pairs: the current policy's two passes now, the reference's precomputed."""
+                    reference_sums: tuple[torch.Tensor, torch.Tensor], fits: torch.Tensor) -> torch.Tensor:
+    """Sr-*'s h on the quality-prompted pairs: the current policy's two passes now, the reference's precomputed;
+    0 for pairs whose prompted sequences do not fit."""
     sums, _ = sequence_logps(policy, to_device(pair_batch(prompted, indices, pad_id), policy.device))
     n = len(indices)
     ref_chosen, ref_rejected = (part[indices].to(policy.device) for part in reference_sums)
-    return (sums[:n] - ref_chosen) - (sums[n:] - ref_rejected)
+    margin = (sums[:n] - ref_chosen) - (sums[n:] - ref_rejected)
+    return torch.where(fits[indices].to(policy.device), margin, torch.zeros_like(margin))
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -131,8 +135,10 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
     pairs = tokenize_pairs(pairs_rows, tokenizer, cfg.model.max_length)
     prompted = (tokenize_pairs(with_refinement_prompt(pairs_rows, opt.refinement_prompt), tokenizer,
                                cfg.model.max_length) if spec.needs_refinement else None)
-    if prompted is not None:
-        check_prompted_fit(pairs, prompted, cfg.model.max_length)
+    fits = prompted_fits(pairs, prompted, cfg.model.max_length) if prompted is not None else None
+    if fits is not None and not fits.all():
+        log.warning("optimize: the quality prompt cuts a response of %d of %d pairs; they use Δ = 0",
+                    len(pairs) - int(fits.sum()), len(pairs))
     pad_id = tokenizer.pad_token_id
     reference = ref_chosen = ref_rejected = ref_prompted = None
     if spec.needs_reference:
@@ -174,7 +180,7 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
             fields |= {"reference_chosen_logps": ref_chosen[indices].to(policy.device),
                        "reference_rejected_logps": ref_rejected[indices].to(policy.device)}
         if prompted is not None:
-            fields["prompted_margin"] = prompted_margin(policy, prompted, indices, pad_id, ref_prompted)
+            fields["prompted_margin"] = prompted_margin(policy, prompted, indices, pad_id, ref_prompted, fits)
         out = spec.fn(PairBatch(**fields), params)
         loss = out.losses.mean()
         if opt.nll_weight:
@@ -198,7 +204,8 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
         tokenizer.save_pretrained(tmp)
     last = history[-max(1, steps_per_epoch // 2):]  # the final half epoch
     summary = {key: sum(h[key] for h in last) / len(last) for key in last[0] if key != "step"}
-    write_json(layout.train_log(iteration), {"loss": opt.loss, "pairs": len(pairs), "steps": total_steps,
+    extra = {"refinement_unfit_pairs": len(pairs) - int(fits.sum())} if fits is not None else {}
+    write_json(layout.train_log(iteration), {"loss": opt.loss, "pairs": len(pairs), "steps": total_steps, **extra,
                                              "final": summary, "history": history})
     log.info("optimize: %d pairs, %d steps; final %s", len(pairs), total_steps,
              ", ".join(f"{k}={v:.3f}" for k, v in summary.items()))
