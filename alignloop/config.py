@@ -154,7 +154,37 @@ class BenchmarkConfig(Section):
     """Temperature of the sampled evaluation (greedy is always run too)."""
 
 
-STAGE_NAMES = ("prepare", "sft", "sample", "rank", "optimize", "benchmark", "report")
+class EvolveConfig(Section):
+    """eva's creator (ALGORITHMS.md §3): after `rank`, evolve informative prompts into the next iteration's set."""
+
+    enabled: bool = False
+    """Evolve the prompt set; false keeps a fixed distribution (fresh prompts from the pool every iteration)."""
+    informativeness: Literal["max_min", "max_mean", "variance", "mean", "inverse_mean"] = "max_min"
+    """How informative a prompt is, from its N responses' rewards: best − worst (default), best − mean, ..."""
+    selection: Literal["weighted", "greedy_topk"] = "weighted"
+    """Seeds drawn without replacement ∝ min–max normalised informativeness, or the top-k (the paper's ablation)."""
+    seed_fraction: float = Field(0.25, gt=0, le=1)
+    """Fraction of this iteration's prompts chosen as seeds."""
+    variants_per_seed: int = Field(4, ge=1)
+    """Evolved candidates written per seed (before validation)."""
+    evolved_fraction: float = Field(0.8, ge=0, le=1)
+    """Share of evolved prompts in the next set; the rest come from the buffer of earlier prompts."""
+    in_depth_probability: float = Field(0.5, ge=0, le=1)
+    """Probability that a variant comes from an in-depth (harder) operator rather than an in-breadth one."""
+    evolver: Literal["testbed", "llm"] = "testbed"
+    """Who rewrites: the testbed's programmatic operators, or a causal LM prompted with meta-instructions."""
+    max_depth: int = Field(3, ge=1, le=4)
+    """testbed evolver: longest chain of composed skills (the `harder` split composes up to 3)."""
+    max_input_length: int = Field(8, ge=1, le=32)
+    """testbed evolver: longest input string (keep it within lengths the model can reach)."""
+    llm_model: str = "policy"
+    """llm evolver: `policy` (the iteration-start policy) or a local path / hub id of a causal LM."""
+    llm_temperature: float = Field(0.8, gt=0)
+    llm_top_p: float = Field(0.95, gt=0, le=1)
+    llm_max_new_tokens: int = Field(64, ge=1)
+
+
+STAGE_NAMES = ("prepare", "sft", "sample", "rank", "evolve", "optimize", "benchmark", "report")
 
 
 class PipelineConfig(Section):
@@ -194,6 +224,7 @@ class Config(Section):
     sample: SampleConfig = SampleConfig()
     rank: RankConfig = RankConfig()
     optimize: OptimizeConfig = OptimizeConfig()
+    evolve: EvolveConfig = EvolveConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
     pipeline: PipelineConfig = PipelineConfig()
     schedule: ScheduleConfig = ScheduleConfig()

@@ -66,6 +66,13 @@ class Layout:
     def rank_stats(self, i: int) -> Path:
         return self.iteration(i) / "rank_stats.json"
 
+    def next_prompts(self, i: int) -> Path:
+        """The creator's output in iteration i: the prompts of iteration i + 1."""
+        return self.iteration(i) / "next_prompts.jsonl"
+
+    def evolve_stats(self, i: int) -> Path:
+        return self.iteration(i) / "evolve_stats.json"
+
     def train_log(self, i: int) -> Path:
         return self.iteration(i) / "train_log.json"
 

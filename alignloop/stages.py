@@ -1,7 +1,8 @@
 """The stage registry: each stage declared once (function, inputs, outputs, params, code), driven by the CLI,
 the Prefect flow and `dvc.yaml` alike.
 
-The plan of a run is `prepare → sft → benchmark 0 → (sample → rank → optimize → benchmark) × iterations → report`.
+The plan of a run is `prepare → sft → benchmark 0 → (sample → rank → [evolve] → optimize → benchmark) × iterations
+→ report`.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def _rank(cfg, layout, i):
     run_rank(cfg, layout, i)
 
 
+def _evolve(cfg, layout, i):
+    from alignloop.tasks.evolve import run_evolve
+    run_evolve(cfg, layout, i)
+
+
 def _optimize(cfg, layout, i):
     from alignloop.tasks.optimize import run_optimize
     run_optimize(cfg, layout, i)
@@ -75,6 +81,17 @@ def _report(cfg, layout, i):
     run_report(cfg, layout)
 
 
+def _sample_prompts(layout: Layout, cfg: Config, i: int) -> Path:
+    """Where iteration i's prompts come from: the previous creator's output under eva, else the fixed pool."""
+    return layout.next_prompts(i - 1) if cfg.evolve.enabled and i > 1 else layout.train_prompts
+
+
+def _evolver_deps(layout: Layout, cfg: Config, i: int) -> list[Path]:
+    if cfg.evolve.evolver == "llm" and cfg.evolve.llm_model != "policy" and Path(cfg.evolve.llm_model).exists():
+        return [Path(cfg.evolve.llm_model)]
+    return []
+
+
 def _reference_deps(layout: Layout, cfg: Config, i: int) -> list[Path]:
     return [layout.policy(0)] if cfg.optimize.reference == "sft" and i > 1 else []
 
@@ -87,11 +104,18 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           deps=lambda layout, cfg, i: [layout.sft_data, layout.base_model],
           outs=lambda layout, cfg, i: [layout.policy(0), layout.train_log(0)], per_iteration=False),
     Stage("sample", _sample, ("seed", "sample"), ("tasks/sample.py", *_MODEL),
-          deps=lambda layout, cfg, i: [layout.train_prompts, layout.policy(i - 1)],
+          deps=lambda layout, cfg, i: [_sample_prompts(layout, cfg, i), layout.policy(i - 1)],
           outs=lambda layout, cfg, i: [layout.prompts(i), layout.samples(i)]),
     Stage("rank", _rank, ("rank",), ("tasks/rank.py", "models/rankers.py", "testbed/scorer.py"),
           deps=lambda layout, cfg, i: [layout.prompts(i), layout.samples(i)],
           outs=lambda layout, cfg, i: [layout.scores(i), layout.pairs(i), layout.rank_stats(i)]),
+    Stage("evolve", _evolve, ("seed", "evolve", "sample", "model"),
+          ("tasks/evolve.py", "creator.py", "models/llm_evolver.py", "testbed/evolution.py", "testbed/data.py",
+           "testbed/world.py", "testbed/scorer.py", *_MODEL),
+          deps=lambda layout, cfg, i: [*(layout.prompts(k) for k in range(1, i + 1)), layout.scores(i),
+                                       *(layout.eval_prompts(s) for s in EVAL_SPLITS), layout.policy(i - 1),
+                                       *_evolver_deps(layout, cfg, i)],
+          outs=lambda layout, cfg, i: [layout.next_prompts(i), layout.evolve_stats(i)]),
     Stage("optimize", _optimize, ("seed", "optimize"),
           ("tasks/optimize.py", "models/losses.py", "models/logprobs.py", *_MODEL),
           deps=lambda layout, cfg, i: [layout.pairs(i), layout.policy(i - 1), *_reference_deps(layout, cfg, i)],
@@ -110,14 +134,20 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           per_iteration=False),
 )}
 
-ITERATION_STAGES = ("sample", "rank", "optimize", "benchmark")
+def iteration_stages(cfg: Config, iteration: int) -> tuple[str, ...]:
+    """The stages of one iteration, in order. `evolve` writes the next iteration's prompts, so the last iteration
+    has none (growing the run adds it)."""
+    if iteration == 0:
+        return ("sft", "benchmark")
+    evolve = ("evolve",) if cfg.evolve.enabled and iteration < cfg.iterations else ()
+    return ("sample", "rank", *evolve, "optimize", "benchmark")
 
 
 def plan(cfg: Config) -> list[tuple[Stage, int]]:
     """Every (stage, iteration) of a run, in an order that respects their dependencies."""
-    steps = [(STAGES["prepare"], 0), (STAGES["sft"], 0), (STAGES["benchmark"], 0)]
-    for iteration in range(1, cfg.iterations + 1):
-        steps += [(STAGES[name], iteration) for name in ITERATION_STAGES]
+    steps = [(STAGES["prepare"], 0)]
+    for iteration in range(cfg.iterations + 1):
+        steps += [(STAGES[name], iteration) for name in iteration_stages(cfg, iteration)]
     return steps + [(STAGES["report"], 0)]
 
 

@@ -143,12 +143,12 @@ class Tracker:
         import mlflow
 
         row = iteration_row(self.layout, iteration)
-        values = finite_metrics(row["metrics"] | row["train"] | row["rank"])
+        values = finite_metrics(row["metrics"] | row["train"] | row["rank"] | row["evolve"])
         with mlflow.start_run(run_name=f"iteration-{iteration}", nested=True):
             mlflow.set_tag("iteration", iteration)
             mlflow.log_metrics(values, step=iteration)
             for path in (self.layout.metrics(iteration), self.layout.train_log(iteration),
-                         self.layout.rank_stats(iteration)):
+                         self.layout.rank_stats(iteration), self.layout.evolve_stats(iteration)):
                 if path.is_file():
                     mlflow.log_artifact(str(path))
             figure = training_curve(self.layout, iteration)

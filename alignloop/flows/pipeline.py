@@ -22,7 +22,7 @@ from alignloop.dvcfile import commit_stages, write_dvc_yaml
 from alignloop.io import write_json
 from alignloop.paths import Layout
 from alignloop.schedule import scheduled_iterations, set_iterations
-from alignloop.stages import ITERATION_STAGES, STAGES, Stage, check_iteration, plan, run_stage
+from alignloop.stages import STAGES, Stage, check_iteration, iteration_stages, plan, run_stage
 from alignloop.tasks.report import iteration_rows
 from alignloop.tracking import Tracker
 
@@ -83,8 +83,8 @@ def run_step(stage: Stage, iteration: int, cfg: Config, layout: Layout, written:
 @flow(name="alignloop-iteration", flow_run_name="iteration-{iteration}")
 def iteration_flow(iteration: int, config: dict[str, Any], root: str, written: list[str]) -> dict[str, Any]:
     cfg, layout = Config.model_validate(config), Layout(Path(root))
-    names = ("sft", "benchmark") if iteration == 0 else ITERATION_STAGES
-    steps = {STAGES[name].key(iteration): run_step(STAGES[name], iteration, cfg, layout, written) for name in names}
+    steps = {STAGES[name].key(iteration): run_step(STAGES[name], iteration, cfg, layout, written)
+             for name in iteration_stages(cfg, iteration)}
     return {"steps": steps, "written": written}
 
 

@@ -21,9 +21,11 @@ def iteration_row(layout: Layout, iteration: int) -> dict[str, Any]:
     """Benchmark metrics of one iteration, with its training and ranking summaries (none for SFT)."""
     train = _optional_json(layout.train_log(iteration)).get("final", {}) if iteration else {}
     rank = _optional_json(layout.rank_stats(iteration)) if iteration else {}
+    evolve = _optional_json(layout.evolve_stats(iteration)) if iteration else {}
     return {"iteration": iteration, "metrics": read_json(layout.metrics(iteration)),
             "train": {f"train/{k}": v for k, v in train.items()},
-            "rank": {f"rank/{k}": v for k, v in rank.items()}}
+            "rank": {f"rank/{k}": v for k, v in rank.items()},
+            "evolve": {f"evolve/{k}": v for k, v in evolve.items() if isinstance(v, (int, float))}}
 
 
 def iteration_rows(cfg: Config, layout: Layout) -> list[dict[str, Any]]:

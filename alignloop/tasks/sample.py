@@ -21,9 +21,18 @@ def prompts_for_iteration(pool: list[dict], iteration: int, count: int) -> list[
     return [pool[(start + offset) % len(pool)] for offset in range(min(count, len(pool)))]
 
 
+def iteration_prompts(cfg: Config, layout: Layout, iteration: int) -> list[dict]:
+    """Under eva (from iteration 2), the previous creator's `next_prompts.jsonl`; otherwise the pool's next slice."""
+    if cfg.evolve.enabled and iteration > 1:
+        rows = read_jsonl(layout.next_prompts(iteration - 1))
+        if not rows:
+            raise ValueError(f"{layout.next_prompts(iteration - 1)} is empty; re-run evolve {iteration - 1}")
+        return rows
+    return prompts_for_iteration(read_jsonl(layout.train_prompts), iteration, cfg.sample.num_prompts)
+
+
 def run_sample(cfg: Config, layout: Layout, iteration: int) -> None:
-    prompts = [{**row, "iteration": iteration}
-               for row in prompts_for_iteration(read_jsonl(layout.train_prompts), iteration, cfg.sample.num_prompts)]
+    prompts = [{**row, "iteration": iteration} for row in iteration_prompts(cfg, layout, iteration)]
     policy_dir = layout.policy(iteration - 1)
     model, tokenizer = load_policy(policy_dir, cfg.model)
     producer = policy_hash(policy_dir)

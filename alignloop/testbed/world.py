@@ -108,7 +108,7 @@ class Distribution:
             raise ValueError(f"need 1 <= min_length <= max_length, got {self.min_length}, {self.max_length}")
 
 
-def _allowed_chain(chain: tuple[str, ...], held_out_only: bool) -> bool:
+def allowed_chain(chain: tuple[str, ...], held_out_only: bool) -> bool:
     pairs = set(zip(chain, chain[1:]))
     if held_out_only:
         return len(chain) == 2 and chain in HELD_OUT_PAIRS
@@ -122,7 +122,7 @@ def sample_chain(depth: int, dist: Distribution, rng: random.Random) -> tuple[st
         return rng.choice(sorted(HELD_OUT_PAIRS))
     for _ in range(1000):
         chain = tuple(rng.choice(dist.skills) for _ in range(depth))
-        if _allowed_chain(chain, held_out_only=False):
+        if allowed_chain(chain, held_out_only=False):
             return chain
     raise ValueError(f"no allowed chain of depth {depth} over skills {dist.skills}")
 
