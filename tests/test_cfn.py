@@ -1,0 +1,101 @@
+"""The Coin Flipping Network counts: on synthetic states visited n times, the bonus falls with n and the pseudo-count
+lands near n — and the released code's redrawn flips fail the same test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alignloop.models.cfn import CFNHead, ReplayBuffer, bonuses, coin_flips, pseudo_counts, train_cfn
+
+VISITS = (1, 2, 4, 8, 16, 32, 64)
+STATES_PER_COUNT = 4  # 28 states: within what a 32-wide head can tell apart
+HIDDEN, D = 96, 20
+
+
+def ranks(values: list[float]) -> list[float]:
+    """1-based ranks, ties sharing their average rank."""
+    order = sorted(range(len(values)), key=lambda k: values[k])
+    out = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for k in order[start:end + 1]:
+            out[k] = (start + end) / 2 + 1
+        start = end + 1
+    return out
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    ra, rb = torch.tensor(ranks(a)), torch.tensor(ranks(b))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+
+
+def _visited_states(seed: int = 0) -> tuple[torch.Tensor, list[int], torch.Tensor]:
+    """(states, n per state, features of every visit)."""
+    generator = torch.Generator().manual_seed(seed)
+    counts = [n for n in VISITS for _ in range(STATES_PER_COUNT)]
+    states = torch.randn(len(counts), HIDDEN, generator=generator)
+    visits = torch.cat([states[k].expand(n, HIDDEN) for k, n in enumerate(counts)])
+    return states, counts, visits
+
+
+def _calibrate(redraw_flips: bool, epochs: float = 400, seed: int = 0) -> tuple[float, dict[int, float]]:
+    states, counts, visits = _visited_states(seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    buffer = ReplayBuffer.empty(HIDDEN, D).add(visits, generator)
+    head = CFNHead(HIDDEN, D, seed=seed)
+    train_cfn(head, buffer, epochs=epochs, batch_size=64, learning_rate=1e-3, generator=generator,
+              redraw_flips=redraw_flips)
+    bonus, counted = bonuses(head, states).tolist(), pseudo_counts(head, states)
+    medians = {n: counted[[k for k, c in enumerate(counts) if c == n]].median().item() for n in VISITS}
+    return spearman(bonus, [float(c) for c in counts]), medians
+
+
+def test_spearman_by_hand():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert ranks([5.0, 1.0, 5.0]) == [2.5, 1.0, 2.5]
+
+
+def test_stored_flips_give_calibrated_counts():
+    correlation, medians = _calibrate(redraw_flips=False)
+    assert correlation <= -0.9
+    for n in VISITS:
+        if n <= 32:
+            assert n / 2 <= medians[n] <= 2 * n, (n, medians)
+
+
+def test_redrawn_flips_fail_the_same_test():
+    """The released COPO code's behaviour: the target is fresh noise every step, so f → 0 for every state."""
+    correlation, medians = _calibrate(redraw_flips=True)
+    calibrated = correlation <= -0.9 and all(n / 2 <= medians[n] <= 2 * n for n in VISITS if n <= 32)
+    assert not calibrated
+    assert min(medians[n] / n for n in VISITS if n <= 8) > 2  # every rare state looks visited many times
+
+
+def test_flips_are_fair_and_stored_once():
+    generator = torch.Generator().manual_seed(0)
+    flips = coin_flips(20_000, D, generator)
+    assert set(flips.unique().tolist()) == {-1.0, 1.0}
+    assert flips.mean().abs() < 0.01
+    buffer = ReplayBuffer.empty(4, D).add(torch.zeros(3, 4), generator)
+    grown = buffer.add(torch.ones(2, 4), generator)
+    assert len(grown) == 5 and torch.equal(grown.flips[:3], buffer.flips)  # earlier visits keep their flips
+
+
+def test_scoring_is_deterministic_with_dropout_in_the_head():
+    head = CFNHead(HIDDEN, D, dropout=0.5)
+    head.train()
+    features = torch.randn(8, HIDDEN)
+    assert torch.equal(bonuses(head, features), bonuses(head, features))  # eval() inside: dropout off
+
+
+def test_prior_gives_novel_states_a_bonus():
+    features = torch.randn(64, HIDDEN)
+    plain, optimistic = CFNHead(HIDDEN, D), CFNHead(HIDDEN, D, prior_scale=1.0)
+    assert bonuses(optimistic, features).mean() > 2 * bonuses(plain, features).mean()
+    assert bonuses(optimistic, features).mean() == pytest.approx(1.0, rel=0.5)
