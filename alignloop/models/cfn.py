@@ -37,8 +37,18 @@ class CFNHead(nn.Module):
         prior = torch.empty(hidden_size, d)
         nn.init.orthogonal_(prior, generator=generator)
         self.register_buffer("prior", prior)
+        # Per-dimension standardisation of the inputs, fitted to the replay buffer: hidden states at EOS differ
+        # little between sequences, and a raw-scale head would barely tell them apart.
+        self.register_buffer("input_mean", torch.zeros(hidden_size))
+        self.register_buffer("input_std", torch.ones(hidden_size))
+
+    def fit_normalisation(self, features: Tensor) -> None:
+        self.input_mean.copy_(features.mean(0))
+        self.input_std.copy_(features.std(0, unbiased=False).clamp_min(1e-6) if len(features) > 1
+                             else torch.ones_like(self.input_std))
 
     def forward(self, features: Tensor) -> Tensor:
+        features = (features - self.input_mean) / self.input_std
         out = self.net(features)
         if self.prior_scale:
             normalised = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-8)
@@ -76,6 +86,7 @@ def train_cfn(head: CFNHead, buffer: ReplayBuffer, *, epochs: float, batch_size:
 
     `redraw_flips` reproduces the released COPO code (fresh flips every step) for tests only: it makes the target
     pure noise, so the network learns f ≈ 0 everywhere and the pseudo-counts stop meaning anything."""
+    head.fit_normalisation(buffer.features)
     optimizer = torch.optim.AdamW(head.parameters(), lr=learning_rate, weight_decay=0.0)
     steps = max(1, round(epochs * -(-len(buffer) // batch_size)))
     order: list[int] = []
