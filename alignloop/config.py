@@ -133,6 +133,14 @@ class OptimizeConfig(Section):
     """srdpo / sripo: the quality prompt placed before the query for the refinement passes."""
     kl_chunk_size: int = Field(128, ge=1)
     """tdpo1 / tdpo2: sequence positions per chunk of the full-vocabulary KL (bounds its memory)."""
+    exploration: Literal["none", "copo"] = "none"
+    """Add COPO's count-based exploration term (needs the `cfn` stage, which runs when this is `copo`)."""
+    copo_alpha: float = Field(1.0, ge=0)
+    """copo: α, the weight of the exploration term; 0 gives exactly the base loss."""
+    copo_scale: float = Field(0.1, gt=0)
+    """copo: s, the bonus scale of the released code."""
+    copo_clip: float = Field(5.0, gt=0)
+    """copo: upper clip of the importance weight π_θ(y_e) / π_start(y_e)."""
     nll_weight: float = Field(1.0, ge=0)
     """Weight of the length-normalised NLL anchor on the chosen response (RPO); 0 is plain DPO."""
     reference: Literal["previous", "sft"] = "previous"
@@ -184,7 +192,35 @@ class EvolveConfig(Section):
     llm_max_new_tokens: int = Field(64, ge=1)
 
 
-STAGE_NAMES = ("prepare", "sft", "sample", "rank", "evolve", "optimize", "benchmark", "report")
+class CFNConfig(Section):
+    """COPO's Coin Flipping Network (ALGORITHMS.md §2): pseudo-counts of prompt–response pairs for the exploration
+    bonus. Used when `optimize.exploration: copo`."""
+
+    d: int = Field(20, ge=1)
+    """Coin flips per visit (output size); more flips, less noisy counts."""
+    width: int = Field(32, ge=1)
+    """Hidden width of the head."""
+    dropout: float = Field(0.1, ge=0, lt=1)
+    """Input dropout while training (the head is in eval mode when it scores)."""
+    prior_scale: float = Field(0.0, ge=0)
+    """Scale of a fixed random prior added to the output (optimism for novel pairs); 0 is off."""
+    learning_rate: float = Field(1e-3, gt=0)
+    steps: int = Field(3000, ge=1)
+    """Training steps per iteration, on a fresh head over the whole replay buffer (converged counts need thousands;
+    each step is one small MLP batch, about a millisecond on a CPU)."""
+    batch_size: int = Field(256, ge=1)
+    replay: Literal["all", "current"] = "all"
+    """`all`: the buffer keeps every iteration's visits, so counts accumulate; `current`: this iteration's only
+    (the released COPO code)."""
+    explore: Literal["chosen", "greedy"] = "chosen"
+    """The explored response y_e: each pair's chosen response, or the iteration-start model's greedy one."""
+    bonus_exponent: float = Field(0.5, ge=0)
+    """b = (mean_j f_j²) ** exponent; 0.5 gives 1/√n."""
+    feature_batch_size: int = Field(256, ge=1)
+    """Sequences per forward pass when computing features."""
+
+
+STAGE_NAMES = ("prepare", "sft", "sample", "rank", "evolve", "cfn", "optimize", "benchmark", "report")
 
 
 class PipelineConfig(Section):
@@ -225,6 +261,7 @@ class Config(Section):
     rank: RankConfig = RankConfig()
     optimize: OptimizeConfig = OptimizeConfig()
     evolve: EvolveConfig = EvolveConfig()
+    cfn: CFNConfig = CFNConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
     pipeline: PipelineConfig = PipelineConfig()
     schedule: ScheduleConfig = ScheduleConfig()

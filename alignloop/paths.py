@@ -73,6 +73,13 @@ class Layout:
     def evolve_stats(self, i: int) -> Path:
         return self.iteration(i) / "evolve_stats.json"
 
+    def cfn(self, i: int) -> Path:
+        """The CFN after iteration i's visits: head, replay buffer, bonuses of the pairs."""
+        return self.iteration(i) / "cfn"
+
+    def cfn_bonuses(self, i: int) -> Path:
+        return self.cfn(i) / "bonuses.jsonl"
+
     def train_log(self, i: int) -> Path:
         return self.iteration(i) / "train_log.json"
 

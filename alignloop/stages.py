@@ -1,7 +1,7 @@
 """The stage registry: each stage declared once (function, inputs, outputs, params, code), driven by the CLI,
 the Prefect flow and `dvc.yaml` alike.
 
-The plan of a run is `prepare → sft → benchmark 0 → (sample → rank → [evolve] → optimize → benchmark) × iterations
+The plan of a run is `prepare → sft → benchmark 0 → (sample → rank → [evolve] → [cfn] → optimize → benchmark) × iterations
 → report`.
 """
 
@@ -66,6 +66,11 @@ def _evolve(cfg, layout, i):
     run_evolve(cfg, layout, i)
 
 
+def _cfn(cfg, layout, i):
+    from alignloop.tasks.cfn import run_cfn
+    run_cfn(cfg, layout, i)
+
+
 def _optimize(cfg, layout, i):
     from alignloop.tasks.optimize import run_optimize
     run_optimize(cfg, layout, i)
@@ -92,6 +97,14 @@ def _evolver_deps(layout: Layout, cfg: Config, i: int) -> list[Path]:
     return []
 
 
+def _previous_buffer(layout: Layout, cfg: Config, i: int) -> list[Path]:
+    return [layout.cfn(i - 1)] if cfg.cfn.replay == "all" and i > 1 else []
+
+
+def _bonus_deps(layout: Layout, cfg: Config, i: int) -> list[Path]:
+    return [layout.cfn_bonuses(i)] if cfg.optimize.exploration == "copo" else []
+
+
 def _reference_deps(layout: Layout, cfg: Config, i: int) -> list[Path]:
     return [layout.policy(0)] if cfg.optimize.reference == "sft" and i > 1 else []
 
@@ -116,9 +129,15 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
                                        *(layout.eval_prompts(s) for s in EVAL_SPLITS), layout.policy(i - 1),
                                        *_evolver_deps(layout, cfg, i)],
           outs=lambda layout, cfg, i: [layout.next_prompts(i), layout.evolve_stats(i)]),
+    Stage("cfn", _cfn, ("seed", "cfn", "sample", "model"),
+          ("tasks/cfn.py", "models/cfn.py", "models/exploration.py", "models/logprobs.py", *_MODEL),
+          deps=lambda layout, cfg, i: [layout.samples(i), layout.pairs(i), layout.policy(i - 1),
+                                       *_previous_buffer(layout, cfg, i)],
+          outs=lambda layout, cfg, i: [layout.cfn(i)]),
     Stage("optimize", _optimize, ("seed", "optimize"),
-          ("tasks/optimize.py", "models/losses.py", "models/logprobs.py", *_MODEL),
-          deps=lambda layout, cfg, i: [layout.pairs(i), layout.policy(i - 1), *_reference_deps(layout, cfg, i)],
+          ("tasks/optimize.py", "models/losses.py", "models/logprobs.py", "models/exploration.py", *_MODEL),
+          deps=lambda layout, cfg, i: [layout.pairs(i), layout.policy(i - 1), *_reference_deps(layout, cfg, i),
+                                       *_bonus_deps(layout, cfg, i)],
           outs=lambda layout, cfg, i: [layout.policy(i), layout.train_log(i)]),
     Stage("benchmark", _benchmark, ("seed", "benchmark"),
           ("tasks/benchmark.py", "models/logprobs.py", "testbed/scorer.py", *_MODEL),
@@ -140,7 +159,8 @@ def iteration_stages(cfg: Config, iteration: int) -> tuple[str, ...]:
     if iteration == 0:
         return ("sft", "benchmark")
     evolve = ("evolve",) if cfg.evolve.enabled and iteration < cfg.iterations else ()
-    return ("sample", "rank", *evolve, "optimize", "benchmark")
+    cfn = ("cfn",) if cfg.optimize.exploration == "copo" else ()
+    return ("sample", "rank", *evolve, *cfn, "optimize", "benchmark")
 
 
 def plan(cfg: Config) -> list[tuple[Stage, int]]:

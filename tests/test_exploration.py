@@ -92,7 +92,7 @@ def test_a_response_seen_20_times_gets_a_lower_bonus_than_one_seen_once(model_di
     generator = torch.Generator().manual_seed(0)
     buffer = ReplayBuffer.empty(32, 20).add(visits, generator)
     head = CFNHead(32, 20, seed=0)
-    train_cfn(head, buffer, epochs=300, batch_size=16, learning_rate=1e-3, generator=generator)
+    train_cfn(head, buffer, steps=3000, batch_size=16, learning_rate=1e-3, generator=generator)
     first = bonuses(head, torch.stack([frequent, rare]))
     assert first[0] < 0.5 * first[1]
 
@@ -103,6 +103,6 @@ def test_a_response_seen_20_times_gets_a_lower_bonus_than_one_seen_once(model_di
     assert torch.equal(reloaded.flips, buffer.flips)
     grown = reloaded.add(rare[None], generator)
     head = CFNHead(32, 20, seed=1)
-    train_cfn(head, grown, epochs=300, batch_size=16, learning_rate=1e-3, generator=generator)
+    train_cfn(head, grown, steps=3000, batch_size=16, learning_rate=1e-3, generator=generator)
     second = bonuses(head, torch.stack([frequent, rare]))
     assert second[0] < 0.5 * second[1]

@@ -52,7 +52,8 @@ class CFNHead(nn.Module):
         out = self.net(features)
         if self.prior_scale:
             normalised = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-            out = out + self.prior_scale * (normalised @ self.prior) * self.prior.shape[1] ** 0.5
+            # each coordinate of a unit vector projected on orthonormal columns has variance 1/hidden: rescale to 1
+            out = out + self.prior_scale * (normalised @ self.prior) * self.prior.shape[0] ** 0.5
         return out
 
 
@@ -80,15 +81,24 @@ class ReplayBuffer:
         return len(self.features)
 
 
-def train_cfn(head: CFNHead, buffer: ReplayBuffer, *, epochs: float, batch_size: int, learning_rate: float,
+def train_cfn(head: CFNHead, buffer: ReplayBuffer, *, steps: int, batch_size: int, learning_rate: float,
               generator: torch.Generator, redraw_flips: bool = False) -> list[float]:
-    """MSE to the stored flips over shuffled minibatches; returns the loss per step.
+    """`steps` AdamW steps of MSE to the stored flips over shuffled minibatches; returns the loss per step.
 
     `redraw_flips` reproduces the released COPO code (fresh flips every step) for tests only: it makes the target
     pure noise, so the network learns f ≈ 0 everywhere and the pseudo-counts stop meaning anything."""
     head.fit_normalisation(buffer.features)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # thousands of tiny steps: threads only add synchronisation (10× slower on a busy CPU)
+    try:
+        return _train(head, buffer, steps, batch_size, learning_rate, generator, redraw_flips)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(head: CFNHead, buffer: ReplayBuffer, steps: int, batch_size: int, learning_rate: float,
+           generator: torch.Generator, redraw_flips: bool) -> list[float]:
     optimizer = torch.optim.AdamW(head.parameters(), lr=learning_rate, weight_decay=0.0)
-    steps = max(1, round(epochs * -(-len(buffer) // batch_size)))
     order: list[int] = []
     losses = []
     head.train()

@@ -4,6 +4,7 @@ The loop is plain PyTorch, visible top to bottom: reference log-probs once under
 for the iteration), then epochs of shuffled mini-batches with chosen and rejected in one concatenated forward. The
 loss (`optimize.loss`) comes from `models.losses.LOSSES`, and only what it needs is computed: no reference model for
 SimPO, reference logits per batch for TDPO's full-vocabulary KL, the quality-prompted passes for Sr-DPO / Sr-IPO.
+With `optimize.exploration: copo`, COPO's term (models.exploration) is added on the cfn stage's bonuses.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+from dataclasses import dataclass
 
 import torch
 
 from alignloop.config import Config, OptimizeConfig
 from alignloop.io import atomic_path, read_jsonl, write_json
+from alignloop.models.exploration import copo_term
 from alignloop.models.generation import derive_seed
 from alignloop.models.logprobs import Tokenized, collate, sequence_logps, to_device, token_logps, tokenize_response
 from alignloop.models.losses import LOSSES, LossParams, PairBatch, nll_anchor, sequence_sum, sequential_kl_from_hidden
@@ -110,6 +113,34 @@ def prompted_margin(policy, prompted, indices: list[int], pad_id: int,
     return torch.where(fits[indices].to(policy.device), margin, torch.zeros_like(margin))
 
 
+@dataclass(frozen=True)
+class Exploration:
+    """COPO's inputs for every pair: the explored response y_e, its bonus, and S(π_start, y_e) for the importance
+    weight (π_start is the policy before this iteration's first step, which sampled y_e)."""
+
+    responses: list[Tokenized]
+    bonus: torch.Tensor
+    start_logps: torch.Tensor
+    is_chosen: bool  # y_e is the chosen response: its log-prob is already in the step's forward pass
+
+
+def load_exploration(cfg: Config, layout: Layout, iteration: int, pairs_rows: list[dict], policy, tokenizer
+                     ) -> Exploration:
+    by_pair = {row["pair_id"]: row for row in read_jsonl(layout.cfn_bonuses(iteration))}
+    missing = [row["pair_id"] for row in pairs_rows if row["pair_id"] not in by_pair]
+    if missing:
+        raise ValueError(f"optimize.exploration=copo: {len(missing)} pairs have no bonus in "
+                         f"{layout.cfn_bonuses(iteration)} (e.g. {missing[0]}); re-run the cfn stage")
+    rows = [by_pair[row["pair_id"]] for row in pairs_rows]
+    responses = [tokenize_response(tokenizer, pair["prompt"], row["explore_response"], row["explore_finished"],
+                                   cfg.model.max_length) for pair, row in zip(pairs_rows, rows)]
+    start_logps = torch.cat([sequence_logps(policy, to_device(collate(responses[k:k + 256], tokenizer.pad_token_id),
+                                                              policy.device))[0].cpu()
+                             for k in range(0, len(responses), 256)]) if responses else torch.empty(0)
+    return Exploration(responses, torch.tensor([row["bonus"] for row in rows]), start_logps,
+                       is_chosen=cfg.cfn.explore == "chosen")
+
+
 def lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warmup, then cosine decay to zero."""
     if step < warmup:
@@ -151,6 +182,11 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
         if not spec.needs_kl:
             reference = None
 
+    explore = None
+    if opt.exploration == "copo":
+        with torch.no_grad():
+            explore = load_exploration(cfg, layout, iteration, pairs_rows, policy, tokenizer)
+
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "optimize", iteration))
     steps_per_epoch = math.ceil(len(pairs) / opt.batch_size)
     total_steps = max(1, round(opt.epochs * steps_per_epoch))
@@ -185,6 +221,15 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
         loss = out.losses.mean()
         if opt.nll_weight:
             loss = loss + opt.nll_weight * nll_anchor(sequence_sum(logps[:n], mask[:n]), mask[:n].sum(-1)).mean()
+        copo_metrics = {}
+        if explore is not None:
+            explored = (sequence_sum(logps[:n], mask[:n]) if explore.is_chosen else
+                        sequence_logps(policy, to_device(collate([explore.responses[k] for k in indices], pad_id),
+                                                         policy.device))[0])
+            bonus, start = explore.bonus[indices].to(explored), explore.start_logps[indices].to(explored)
+            term = copo_term(explored, start, bonus, opt.copo_alpha, opt.copo_scale, opt.copo_clip)
+            loss = loss + term.mean()
+            copo_metrics = {"copo_term": term.mean().item(), "copo_bonus": bonus.mean().item()}
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"optimize iteration {iteration}, step {step}: loss is {loss.item()}; lower optimize.learning_rate "
@@ -197,7 +242,7 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
         # chosen_logp_change (reference-based losses): a fall of > ~1 nat came before every collapse seen on the
         # testbed (notes/testbed_findings.md).
         history.append({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(),
-                        **{name: value.item() for name, value in out.metrics.items()}})
+                        **{name: value.item() for name, value in out.metrics.items()}, **copo_metrics})
     policy.eval()
     with atomic_path(out_dir) as tmp:
         policy.save_pretrained(tmp, safe_serialization=True)

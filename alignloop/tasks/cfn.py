@@ -1,0 +1,92 @@
+"""Stage `cfn` (COPO): add this iteration's visits to the replay buffer, train a Coin Flipping Network on it, and
+write each pair's exploration bonus.
+
+A visit is one sampled (prompt, response); its state is the iteration-start model's last-token hidden state. The
+buffer (features + the coin flips drawn once for each visit) is saved in `artifacts/iter-<i>/cfn/` and, with
+`cfn.replay: all`, reloaded and grown by the next iteration, so counts accumulate over the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from alignloop.config import Config
+from alignloop.io import atomic_path, read_jsonl, write_json, write_jsonl
+from alignloop.models.cfn import CFNHead, ReplayBuffer, bonuses, pseudo_counts, train_cfn
+from alignloop.models.exploration import last_token_features
+from alignloop.models.generation import derive_seed, generate
+from alignloop.models.logprobs import tokenize_response
+from alignloop.models.policy import load_policy
+from alignloop.paths import Layout
+
+log = logging.getLogger(__name__)
+BUFFER_FILE, HEAD_FILE = "buffer.safetensors", "head.safetensors"
+
+
+def load_buffer(layout: Layout, iteration: int) -> ReplayBuffer:
+    stored = load_file(str(layout.cfn(iteration) / BUFFER_FILE))
+    return ReplayBuffer(stored["features"], stored["flips"])
+
+
+def explored_responses(cfg: Config, pairs: list[dict], model, tokenizer, iteration: int) -> list[tuple[str, bool]]:
+    """(response, finished) of y_e for every pair: its chosen response, or the start model's greedy one."""
+    if cfg.cfn.explore == "chosen":
+        return [(row["chosen"], row["chosen_finished"]) for row in pairs]
+    greedy = generate(model, tokenizer, [row["prompt"] for row in pairs], greedy=True,
+                      max_new_tokens=cfg.sample.max_new_tokens, batch_size=cfg.sample.batch_size,
+                      description=f"cfn greedy iter {iteration}")
+    return [(gens[0].text, gens[0].finished) for gens in greedy]
+
+
+def run_cfn(cfg: Config, layout: Layout, iteration: int) -> None:
+    started = time.perf_counter()
+    model, tokenizer = load_policy(layout.policy(iteration - 1), cfg.model)
+    samples, pairs = read_jsonl(layout.samples(iteration)), read_jsonl(layout.pairs(iteration))
+    if not samples:
+        raise ValueError(f"cfn: {layout.samples(iteration)} has no samples")
+
+    def features_of(rows: list[tuple[str, str, bool]]) -> torch.Tensor:
+        sequences = [tokenize_response(tokenizer, prompt, response, finished, cfg.model.max_length)
+                     for prompt, response, finished in rows]
+        return last_token_features(model, sequences, tokenizer.pad_token_id, cfg.cfn.feature_batch_size)
+
+    visits = features_of([(row["prompt"], row["response"], row["finished"]) for row in samples])
+    explored = explored_responses(cfg, pairs, model, tokenizer, iteration)
+    explored_features = features_of([(row["prompt"], text, finished) for row, (text, finished) in zip(pairs, explored)])
+
+    generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "cfn", iteration))
+    hidden = visits.shape[1]
+    previous = (load_buffer(layout, iteration - 1) if cfg.cfn.replay == "all" and iteration > 1
+                else ReplayBuffer.empty(hidden, cfg.cfn.d))
+    buffer = previous.add(visits, generator)
+    head = CFNHead(hidden, cfg.cfn.d, cfg.cfn.width, cfg.cfn.dropout, cfg.cfn.prior_scale,
+                   seed=derive_seed(cfg.seed, "cfn-head", iteration))
+    losses = train_cfn(head, buffer, steps=cfg.cfn.steps, batch_size=cfg.cfn.batch_size,
+                       learning_rate=cfg.cfn.learning_rate, generator=generator)
+    bonus = bonuses(head, explored_features, cfg.cfn.bonus_exponent)
+    counts = pseudo_counts(head, explored_features)
+    if not torch.isfinite(bonus).all():
+        raise ValueError(f"cfn iteration {iteration}: non-finite bonuses; lower cfn.learning_rate")
+
+    with atomic_path(layout.cfn(iteration)) as tmp:
+        tmp.mkdir()
+        save_file({"features": buffer.features.contiguous(), "flips": buffer.flips.contiguous()},
+                  str(tmp / BUFFER_FILE))
+        save_file({name: tensor.contiguous() for name, tensor in head.state_dict().items()}, str(tmp / HEAD_FILE))
+        write_jsonl(tmp / "bonuses.jsonl", (
+            {"pair_id": row["pair_id"], "explore_response": text, "explore_finished": finished,
+             "bonus": b, "pseudo_count": n}
+            for row, (text, finished), b, n in zip(pairs, explored, bonus.tolist(), counts.tolist())))
+        stats = {"visits_added": len(visits), "buffer_visits": len(buffer), "pairs": len(pairs),
+                 "mean_bonus": bonus.mean().item() if len(bonus) else None,
+                 "median_pseudo_count": counts.median().item() if len(counts) else None,
+                 "first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:]),
+                 "steps": len(losses), "seconds": time.perf_counter() - started}
+        write_json(tmp / "stats.json", stats)
+    log.info("cfn iteration %d: %d visits added (buffer %d), %d steps, mean bonus %.3f, median pseudo-count %.1f",
+             iteration, len(visits), len(buffer), len(losses), stats["mean_bonus"] or 0.0,
+             stats["median_pseudo_count"] or 0.0)

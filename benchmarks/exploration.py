@@ -1,0 +1,122 @@
+"""Online DPO vs COPO on the testbed: several seeds, params.yaml's budget; prints a table and writes JSON.
+
+For each seed one project directory runs online DPO (`optimize.exploration: none`, the default, whose NLL anchor is
+the constant-weight control ALGORITHMS.md §2 asks for), then COPO (`exploration: copo`) on top of it. Everything up
+to iteration 1's ranking is shared through the cache.
+
+    python benchmarks/exploration.py                         # seeds 0,1,2
+    python benchmarks/exploration.py --seeds 0 --alpha 5
+
+Columns: final greedy and sampled gold score per split (mean ± std over seeds), distinct (prompt, response) pairs
+sampled over the run, in_distribution token entropy, and the cfn stage's share of each iteration's stage time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+SPLITS = {"in_dist": "in_distribution", "harder": "harder", "unseen": "unseen_composition"}
+ITERATION_STAGES = ("sample", "rank", "cfn", "optimize", "benchmark")
+
+
+def distinct_samples(workdir: Path, iterations: int) -> int:
+    seen = set()
+    for i in range(1, iterations + 1):
+        for line in (workdir / "artifacts" / f"iter-{i}" / "samples.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            seen.add((row["prompt"], row["response"]))
+    return len(seen)
+
+
+def cfn_share(summary: dict, iterations: int) -> float | None:
+    """cfn seconds / all stage seconds of the iterations, for the stages that ran in this run."""
+    stages = summary["stages"]
+    cfn = [stages.get(f"cfn-{i}", {}).get("seconds", 0.0) for i in range(1, iterations + 1)]
+    total = sum(stages.get(f"{name}-{i}", {}).get("seconds", 0.0)
+                for i in range(1, iterations + 1) for name in ITERATION_STAGES)
+    ran_all = all(stages.get(f"{name}-{i}", {}).get("status") == "ran"
+                  for i in range(1, iterations + 1) for name in ("cfn", "optimize"))
+    return sum(cfn) / total if total and ran_all else None
+
+
+def run_arm(workdir: Path, params: dict, seed: int, copo: bool, alpha: float) -> dict:
+    optimize = {**params["optimize"], "exploration": "copo" if copo else "none", "copo_alpha": alpha}
+    params = {**params, "seed": seed, "optimize": optimize}
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    start = time.perf_counter()
+    subprocess.run([str(Path(sys.executable).parent / "alignloop"), "run"], cwd=workdir, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    summary = json.loads((workdir / "reports" / "summary.json").read_text())
+    final = summary["iterations"][-1]["metrics"]
+    iterations = params["iterations"]
+    row = {"seed": seed, "copo": copo, "alpha": alpha if copo else None, "seconds": time.perf_counter() - start,
+           "distinct_pairs": distinct_samples(workdir, iterations),
+           "entropy": final["in_distribution/sampled_entropy"],
+           "cfn_share": cfn_share(summary, iterations) if copo else None}
+    for short, split in SPLITS.items():
+        row[f"{short} greedy"] = final[f"{split}/greedy_gold"]
+        row[f"{short} sampled"] = final[f"{split}/sampled_gold"]
+    if copo:
+        logs = [json.loads((workdir / "artifacts" / f"iter-{i}" / "train_log.json").read_text())["final"]
+                for i in range(1, iterations + 1)]
+        row["copo_term"] = [log["copo_term"] for log in logs]
+        row["copo_bonus"] = [log["copo_bonus"] for log in logs]
+    return row
+
+
+def mean_std(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {std:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--alpha", type=float, help="COPO's α (default: params.yaml's optimize.copo_alpha)")
+    parser.add_argument("--iterations", type=int, help="override params.yaml's iterations")
+    parser.add_argument("--workdir", type=Path, default=Path("reports/exploration-workdir"))
+    parser.add_argument("--out", type=Path, default=Path("reports/exploration.json"))
+    args = parser.parse_args()
+
+    params = yaml.safe_load(args.params.read_text())
+    if args.iterations is not None:
+        params["iterations"] = args.iterations
+    alpha = args.alpha if args.alpha is not None else params["optimize"].get("copo_alpha", 1.0)
+    columns = [f"{short} {kind}" for short in SPLITS for kind in ("greedy", "sampled")]
+    rows = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for copo in (False, True):
+            row = run_arm(args.workdir / f"seed-{seed}", params, seed, copo, alpha)
+            rows.append(row)
+            share = f"  cfn share {row['cfn_share']:.1%}" if row.get("cfn_share") is not None else ""
+            print(f"seed {seed} {'copo' if copo else 'dpo':<4} " + "  ".join(f"{c} {row[c]:.3f}" for c in columns)
+                  + f"  distinct {row['distinct_pairs']}  entropy {row['entropy']:.3f}{share}"
+                  + f"  ({row['seconds']:.0f} s)", flush=True)
+
+    print(f"\n{'arm':<6}" + "".join(f"{c:>17}" for c in columns) + f"{'distinct pairs':>18}{'entropy':>16}")
+    for copo in (False, True):
+        arm = [row for row in rows if row["copo"] == copo]
+        print(f"{'copo' if copo else 'dpo':<6}" + "".join(f"{mean_std([r[c] for r in arm]):>17}" for c in columns)
+              + f"{statistics.mean(r['distinct_pairs'] for r in arm):>18.0f}"
+              + f"{mean_std([r['entropy'] for r in arm]):>16}")
+    shares = [row["cfn_share"] for row in rows if row.get("cfn_share") is not None]
+    if shares:
+        print(f"cfn stage: {statistics.mean(shares):.1%} of the iterations' stage time (α = {alpha})")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"iterations": params["iterations"], "alpha": alpha, "rows": rows}, indent=2)
+                        + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""COPO in the pipeline (tiny preset, two iterations; slow): the cfn stage runs before each optimize, the buffer
+grows across iterations, and DVC agrees with the run (`dvc status` clean, `dvc repro` runs nothing)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pipeline_helpers import ALIGNLOOP, DVC, make_project, run, statuses
+
+pytestmark = pytest.mark.slow
+
+
+def test_copo_run_accumulates_counts_and_dvc_agrees(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "copo", {"iterations": 2, "optimize": {"exploration": "copo"}},
+                           link_package=True)
+    run([DVC, "init", "--no-scm", "-q"], project)
+    run([ALIGNLOOP, "dvc-yaml"], project)
+    run([ALIGNLOOP, "run"], project)
+    assert {"cfn-1", "cfn-2"} <= {key for key, status in statuses(project).items() if status == "ran"}
+    stats = [json.loads((project / f"artifacts/iter-{i}/cfn/stats.json").read_text()) for i in (1, 2)]
+    assert stats[0]["buffer_visits"] == 48 * 4 and stats[1]["buffer_visits"] == 2 * 48 * 4
+    log = json.loads((project / "artifacts/iter-2/train_log.json").read_text())
+    assert log["final"]["copo_bonus"] > 0 and log["final"]["copo_term"] > 0
+    assert "up to date" in run([DVC, "status"], project).stdout
+    assert "Running stage" not in run([DVC, "repro"], project).stdout
