@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import yaml
+from common import mean_std, run_pipeline
 
 METRICS = {"in_dist greedy": "in_distribution/greedy_gold", "in_dist sampled": "in_distribution/sampled_gold",
            "harder greedy": "harder/greedy_gold", "unseen greedy": "unseen_composition/greedy_gold"}
@@ -38,22 +36,12 @@ def prompt_difficulty(workdir: Path, iterations: int) -> list[dict[str, float]]:
 
 def run_arm(workdir: Path, params: dict, seed: int, evolve: bool) -> dict:
     params = {**params, "seed": seed, "evolve": {**params.get("evolve", {}), "enabled": evolve}}
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    start = time.perf_counter()
-    subprocess.run([str(Path(sys.executable).parent / "alignloop"), "run"], cwd=workdir, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    summary = json.loads((workdir / "reports" / "summary.json").read_text())
+    summary, seconds = run_pipeline(workdir, params)
     final = summary["iterations"][-1]["metrics"]
-    return {"seed": seed, "evolve": evolve, "seconds": time.perf_counter() - start,
+    return {"seed": seed, "evolve": evolve, "seconds": seconds,
             **{name: final[key] for name, key in METRICS.items()},
             "per_iteration": [row["metrics"][METRICS["in_dist greedy"]] for row in summary["iterations"]],
             "difficulty": prompt_difficulty(workdir, params["iterations"])}
-
-
-def mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {std:.3f}"
 
 
 def plot(rows: list[dict], path: Path) -> None:

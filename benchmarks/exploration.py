@@ -16,12 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import yaml
+from common import mean_std, run_pipeline
 
 SPLITS = {"in_dist": "in_distribution", "harder": "harder", "unseen": "unseen_composition"}
 ITERATION_STAGES = ("sample", "rank", "cfn", "optimize", "benchmark")
@@ -50,15 +48,10 @@ def cfn_share(summary: dict, iterations: int) -> float | None:
 def run_arm(workdir: Path, params: dict, seed: int, copo: bool, alpha: float) -> dict:
     optimize = {**params["optimize"], "exploration": "copo" if copo else "none", "copo_alpha": alpha}
     params = {**params, "seed": seed, "optimize": optimize}
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    start = time.perf_counter()
-    subprocess.run([str(Path(sys.executable).parent / "alignloop"), "run"], cwd=workdir, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    summary = json.loads((workdir / "reports" / "summary.json").read_text())
+    summary, seconds = run_pipeline(workdir, params)
     final = summary["iterations"][-1]["metrics"]
     iterations = params["iterations"]
-    row = {"seed": seed, "copo": copo, "alpha": alpha if copo else None, "seconds": time.perf_counter() - start,
+    row = {"seed": seed, "copo": copo, "alpha": alpha if copo else None, "seconds": seconds,
            "distinct_pairs": distinct_samples(workdir, iterations),
            "entropy": final["in_distribution/sampled_entropy"],
            "cfn_share": cfn_share(summary, iterations) if copo else None}
@@ -71,11 +64,6 @@ def run_arm(workdir: Path, params: dict, seed: int, copo: bool, alpha: float) ->
         row["copo_term"] = [log["copo_term"] for log in logs]
         row["copo_bonus"] = [log["copo_bonus"] for log in logs]
     return row
-
-
-def mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {std:.3f}"
 
 
 def main() -> None:

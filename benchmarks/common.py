@@ -1,0 +1,28 @@
+"""What the pipeline benchmarks share: run `alignloop run` on a params dict in a project directory, and format
+mean ± std over seeds."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+
+def run_pipeline(workdir: Path, params: dict) -> tuple[dict, float]:
+    """Write params.yaml, run the pipeline quietly, return (reports/summary.json, seconds)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    start = time.perf_counter()
+    subprocess.run([str(Path(sys.executable).parent / "alignloop"), "run"], cwd=workdir, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return json.loads((workdir / "reports" / "summary.json").read_text()), time.perf_counter() - start
+
+
+def mean_std(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {std:.3f}"
