@@ -123,7 +123,8 @@ def serve(params: Path = PARAMS_OPTION,
 
 
 @app.command()
-def stage(name: str = typer.Argument(..., help="prepare, sft, sample, rank, optimize, benchmark or report."),
+def stage(name: str = typer.Argument(
+              ..., help="prepare, sft, sample, rank, evolve (eva), cfn (COPO), optimize, benchmark or report."),
           iteration: int = typer.Option(0, "--iteration", "-i", help="The iteration (0 is SFT)."),
           params: Path = PARAMS_OPTION) -> None:
     """Run one stage on its own (what `dvc repro` calls)."""

@@ -1,8 +1,8 @@
 """The stage registry: each stage declared once (function, inputs, outputs, params, code), driven by the CLI,
 the Prefect flow and `dvc.yaml` alike.
 
-The plan of a run is `prepare → sft → benchmark 0 → (sample → rank → [evolve] → [cfn] → optimize → benchmark) × iterations
-→ report`.
+The plan of a run is `prepare → sft → benchmark 0 → (sample → rank → [evolve] → [cfn] → optimize → benchmark)
+× iterations → report`; evolve runs under eva (`evolve.enabled`), cfn under COPO (`optimize.exploration: copo`).
 """
 
 from __future__ import annotations

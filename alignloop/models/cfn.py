@@ -3,7 +3,7 @@
 Each visit of a state s is paired once with a vector c ∈ {−1, +1}^d of fair coin flips, stored with it. A regressor
 trained with MSE on (s, c) converges to the mean of the flips of s's visits, so E[f_j(s)²] = 1/n(s):
 
-    pseudo-count n̂(s) = 1 / mean_j f_j(s)²        bonus b(s) = (mean_j f_j(s)²) ** exponent   (exponent 0.5 → 1/√n)
+    pseudo-count n̂(s) = 1 / mean_j f_j(s)²      bonus b(s) = (mean_j f_j(s)²) ** exponent  (0.5 gives 1/√n)
 
 What the released COPO code gets wrong and this module does right: flips are drawn once per visit and replayed as
 stored (redrawing them every step turns the target into noise); the buffer can persist across iterations; the head
