@@ -143,7 +143,7 @@ class Tracker:
         import mlflow
 
         row = iteration_row(self.layout, iteration)
-        values = finite_metrics(row["metrics"] | row["train"] | row["rank"] | row["evolve"])
+        values = finite_metrics(row["metrics"] | row["train"] | row["rank"] | row["evolve"] | row["cfn"])
         with mlflow.start_run(run_name=f"iteration-{iteration}", nested=True):
             mlflow.set_tag("iteration", iteration)
             mlflow.log_metrics(values, step=iteration)

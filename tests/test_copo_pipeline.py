@@ -25,3 +25,10 @@ def test_copo_run_accumulates_counts_and_dvc_agrees(tmp_path: Path) -> None:
     assert log["final"]["copo_bonus"] > 0 and log["final"]["copo_term"] > 0
     assert "up to date" in run([DVC, "status"], project).stdout
     assert "Running stage" not in run([DVC, "repro"], project).stdout
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("alignloop").experiment_id
+    child = client.search_runs([experiment], "tags.iteration = '2'")[0]
+    assert child.data.metrics["cfn.buffer_visits"] == 2 * 48 * 4  # the cfn stage's stats reach MLflow
