@@ -33,9 +33,12 @@ def _iteration(layout: Layout, iteration: int, small_testbed_data, frequent_visi
     visits = [FREQUENT] * frequent_visits + [RARE] + others
     write_jsonl(layout.samples(iteration), [{"prompt_id": f"p{k}", "sample_index": 0, "prompt": p, "response": r,
                                              "finished": True} for k, (p, r) in enumerate(visits)])
+    # each pair's chosen response is the first sample row holding it, as the rank stage records it
+    first_row = {"frequent": 0, "rare": frequent_visits, **{f"o{k}": frequent_visits + 1 + k for k in range(12)}}
     write_jsonl(layout.pairs(iteration), [
-        {"pair_id": name, "prompt_id": name, "prompt": p, "chosen": r, "rejected": r[::-1] + "x",
-         "chosen_finished": True, "rejected_finished": True, "chosen_score": 0.85, "rejected_score": 0.2}
+        {"pair_id": name, "prompt_id": f"p{first_row[name]}", "prompt": p, "chosen": r, "rejected": r[::-1] + "x",
+         "chosen_finished": True, "rejected_finished": True, "chosen_score": 0.85, "rejected_score": 0.2,
+         "chosen_index": 0, "rejected_index": 1}
         for name, (p, r) in (("frequent", FREQUENT), ("rare", RARE), *((f"o{k}", o) for k, o in enumerate(others)))])
 
 

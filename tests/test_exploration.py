@@ -73,9 +73,11 @@ def test_features_are_the_last_real_token_and_ignore_padding(model_dir):
     model, tokenizer = load_policy(model_dir, ModelConfig(), torch.device("cpu"))
     short = tokenize_response(tokenizer, "reverse: ab", "ba", True, 96)
     long = tokenize_response(tokenizer, "sort, then uppercase: zyx123", "123XYZ ✓", True, 96)
-    together = last_token_features(model, [short, long], tokenizer.pad_token_id)
-    alone = torch.cat([last_token_features(model, [seq], tokenizer.pad_token_id) for seq in (short, long)])
-    assert together.shape == (2, 32) and torch.allclose(together, alone, atol=1e-5)
+    # long first: batches are grouped by length inside, rows must come back in input order
+    together = last_token_features(model, [long, short, long], tokenizer.pad_token_id, batch_size=2)
+    alone = torch.cat([last_token_features(model, [seq], tokenizer.pad_token_id) for seq in (long, short, long)])
+    assert together.shape == (3, 32) and torch.allclose(together, alone, atol=1e-5)
+    alone = alone[[1, 0]]  # (short, long) from here on
     batch = collate([short], tokenizer.pad_token_id)
     with torch.no_grad():
         hidden = model.base_model(input_ids=batch["input_ids"]).last_hidden_state[0, -1]

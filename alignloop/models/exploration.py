@@ -28,13 +28,16 @@ def copo_term(policy_logps: Tensor, sampler_logps: Tensor, bonus: Tensor, alpha:
 def last_token_features(model: PreTrainedModel, sequences: list[Tokenized], pad_id: int,
                         batch_size: int = 256) -> Tensor:
     """(len(sequences), hidden): the final-layer hidden state (after the final norm) at the last non-padding token
-    of each chat-formatted prompt + response (+ EOS), from a frozen model in eval mode."""
+    of each chat-formatted prompt + response (+ EOS), from a frozen model in eval mode. Batches are grouped by length
+    (less padding); rows come back in input order."""
     model.eval()
-    out = []
-    for start in range(0, len(sequences), batch_size):
-        batch = to_device(collate(sequences[start:start + batch_size], pad_id), model.device)
+    order = sorted(range(len(sequences)), key=lambda k: len(sequences[k].prompt_ids) + len(sequences[k].response_ids))
+    out = torch.empty(len(sequences), model.config.hidden_size)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = to_device(collate([sequences[k] for k in rows], pad_id), model.device)
         hidden = model.base_model(input_ids=batch["input_ids"],
                                   attention_mask=batch["attention_mask"]).last_hidden_state
         last = batch["attention_mask"].sum(-1) - 1  # right padding: the last real token
-        out.append(hidden[torch.arange(len(last), device=hidden.device), last].float().cpu())
-    return torch.cat(out) if out else torch.empty(0, model.config.hidden_size)
+        out[rows] = hidden[torch.arange(len(last), device=hidden.device), last].float().cpu()
+    return out

@@ -56,7 +56,12 @@ def run_cfn(cfg: Config, layout: Layout, iteration: int) -> None:
 
     visits = features_of([(row["prompt"], row["response"], row["finished"]) for row in samples])
     explored = explored_responses(cfg, pairs, model, tokenizer, iteration)
-    explored_features = features_of([(row["prompt"], text, finished) for row, (text, finished) in zip(pairs, explored)])
+    if cfg.cfn.explore == "chosen":  # the chosen responses are visits already: reuse their features
+        index = {(row["prompt_id"], row["sample_index"]): k for k, row in enumerate(samples)}
+        explored_features = visits[[index[(row["prompt_id"], row["chosen_index"])] for row in pairs]]
+    else:
+        explored_features = features_of([(row["prompt"], text, finished)
+                                         for row, (text, finished) in zip(pairs, explored)])
 
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "cfn", iteration))
     hidden = visits.shape[1]
