@@ -35,14 +35,14 @@ def distinct_samples(workdir: Path, iterations: int) -> int:
 
 
 def cfn_share(summary: dict, iterations: int) -> float | None:
-    """cfn seconds / all stage seconds of the iterations, for the stages that ran in this run."""
+    """cfn seconds / all stage seconds, over the iterations whose every stage ran in this run (iteration 1's
+    sampling and ranking come from the DPO arm's cache, so it is left out)."""
     stages = summary["stages"]
-    cfn = [stages.get(f"cfn-{i}", {}).get("seconds", 0.0) for i in range(1, iterations + 1)]
-    total = sum(stages.get(f"{name}-{i}", {}).get("seconds", 0.0)
-                for i in range(1, iterations + 1) for name in ITERATION_STAGES)
-    ran_all = all(stages.get(f"{name}-{i}", {}).get("status") == "ran"
-                  for i in range(1, iterations + 1) for name in ("cfn", "optimize"))
-    return sum(cfn) / total if total and ran_all else None
+    full = [i for i in range(1, iterations + 1)
+            if all(stages.get(f"{name}-{i}", {}).get("status") == "ran" for name in ITERATION_STAGES)]
+    cfn = sum(stages[f"cfn-{i}"]["seconds"] for i in full)
+    total = sum(stages[f"{name}-{i}"]["seconds"] for i in full for name in ITERATION_STAGES)
+    return cfn / total if total else None
 
 
 def run_arm(workdir: Path, params: dict, seed: int, copo: bool, alpha: float) -> dict:
