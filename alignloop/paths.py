@@ -66,6 +66,10 @@ class Layout:
     def rank_stats(self, i: int) -> Path:
         return self.iteration(i) / "rank_stats.json"
 
+    def sample_prompts(self, i: int, evolved: bool) -> Path:
+        """Where iteration i's prompts come from: the previous creator's output under eva, else the fixed pool."""
+        return self.next_prompts(i - 1) if evolved and i > 1 else self.train_prompts
+
     def next_prompts(self, i: int) -> Path:
         """The creator's output in iteration i: the prompts of iteration i + 1."""
         return self.iteration(i) / "next_prompts.jsonl"
@@ -79,6 +83,9 @@ class Layout:
 
     def cfn_bonuses(self, i: int) -> Path:
         return self.cfn(i) / "bonuses.jsonl"
+
+    def cfn_stats(self, i: int) -> Path:
+        return self.cfn(i) / "stats.json"
 
     def train_log(self, i: int) -> Path:
         return self.iteration(i) / "train_log.json"

@@ -86,11 +86,6 @@ def _report(cfg, layout, i):
     run_report(cfg, layout)
 
 
-def _sample_prompts(layout: Layout, cfg: Config, i: int) -> Path:
-    """Where iteration i's prompts come from: the previous creator's output under eva, else the fixed pool."""
-    return layout.next_prompts(i - 1) if cfg.evolve.enabled and i > 1 else layout.train_prompts
-
-
 def _evolver_deps(layout: Layout, cfg: Config, i: int) -> list[Path]:
     if cfg.evolve.evolver == "llm" and cfg.evolve.llm_model != "policy" and Path(cfg.evolve.llm_model).exists():
         return [Path(cfg.evolve.llm_model)]
@@ -117,7 +112,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           deps=lambda layout, cfg, i: [layout.sft_data, layout.base_model],
           outs=lambda layout, cfg, i: [layout.policy(0), layout.train_log(0)], per_iteration=False),
     Stage("sample", _sample, ("seed", "sample"), ("tasks/sample.py", *_MODEL),
-          deps=lambda layout, cfg, i: [_sample_prompts(layout, cfg, i), layout.policy(i - 1)],
+          deps=lambda layout, cfg, i: [layout.sample_prompts(i, cfg.evolve.enabled), layout.policy(i - 1)],
           outs=lambda layout, cfg, i: [layout.prompts(i), layout.samples(i)]),
     Stage("rank", _rank, ("rank",), ("tasks/rank.py", "models/rankers.py", "testbed/scorer.py"),
           deps=lambda layout, cfg, i: [layout.prompts(i), layout.samples(i)],

@@ -13,6 +13,14 @@ from pathlib import Path
 import yaml
 
 
+def load_params(path: Path, iterations: int | None) -> dict:
+    """params.yaml as a dict, with `iterations` overridden when given."""
+    params = yaml.safe_load(path.read_text())
+    if iterations is not None:
+        params["iterations"] = iterations
+    return params
+
+
 def run_pipeline(workdir: Path, params: dict) -> tuple[dict, float]:
     """Write params.yaml, run the pipeline quietly, return (reports/summary.json, seconds)."""
     workdir.mkdir(parents=True, exist_ok=True)

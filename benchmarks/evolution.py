@@ -17,8 +17,7 @@ import json
 import statistics
 from pathlib import Path
 
-import yaml
-from common import mean_std, run_pipeline
+from common import load_params, mean_std, run_pipeline
 
 METRICS = {"in_dist greedy": "in_distribution/greedy_gold", "in_dist sampled": "in_distribution/sampled_gold",
            "harder greedy": "harder/greedy_gold", "unseen greedy": "unseen_composition/greedy_gold"}
@@ -77,9 +76,7 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=Path("reports/evolution_difficulty.png"))
     args = parser.parse_args()
 
-    params = yaml.safe_load(args.params.read_text())
-    if args.iterations is not None:
-        params["iterations"] = args.iterations
+    params = load_params(args.params, args.iterations)
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for arm, evolve in ARMS.items():

@@ -18,8 +18,7 @@ import json
 import statistics
 from pathlib import Path
 
-import yaml
-from common import mean_std, run_pipeline
+from common import load_params, mean_std, run_pipeline
 
 SPLITS = {"in_dist": "in_distribution", "harder": "harder", "unseen": "unseen_composition"}
 ITERATION_STAGES = ("sample", "rank", "cfn", "optimize", "benchmark")
@@ -76,9 +75,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("reports/exploration.json"))
     args = parser.parse_args()
 
-    params = yaml.safe_load(args.params.read_text())
-    if args.iterations is not None:
-        params["iterations"] = args.iterations
+    params = load_params(args.params, args.iterations)
     alpha = args.alpha if args.alpha is not None else params["optimize"].get("copo_alpha", 1.0)
     columns = [f"{short} {kind}" for short in SPLITS for kind in ("greedy", "sampled")]
     rows = []

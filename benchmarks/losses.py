@@ -17,12 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import yaml
+from common import load_params, run_pipeline
 
 ALL_LOSSES = ("dpo", "cdpo", "ipo", "simpo", "tdpo1", "tdpo2", "srdpo", "sripo")
 
@@ -56,15 +53,8 @@ def kl_to_sft(workdir: Path, iteration: int, split: str = "in_distribution") -> 
     return torch.cat(gaps).mean().item()
 
 
-def run_loss(workdir: Path, loss: str) -> dict:
-    params = yaml.safe_load((workdir / "params.yaml").read_text())
-    params["optimize"]["loss"] = loss
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    start = time.perf_counter()
-    subprocess.run([str(Path(sys.executable).parent / "alignloop"), "run"], cwd=workdir, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    process_seconds = time.perf_counter() - start
-    summary = json.loads((workdir / "reports" / "summary.json").read_text())
+def run_loss(workdir: Path, params: dict, loss: str) -> dict:
+    summary, process_seconds = run_pipeline(workdir, {**params, "optimize": {**params["optimize"], "loss": loss}})
     last = summary["iterations"][-1]
     iteration, metrics = last["iteration"], last["metrics"]
     outputs = [json.loads(line) for line in (workdir / "artifacts" / f"iter-{iteration}" /
@@ -91,11 +81,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("reports/losses.json"))
     args = parser.parse_args()
 
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    params = yaml.safe_load(args.params.read_text())
-    if args.iterations is not None:
-        params["iterations"] = args.iterations
-    (args.workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    params = load_params(args.params, args.iterations)
     shutil.rmtree(args.workdir / "reports", ignore_errors=True)
 
     rows = []
@@ -103,7 +89,7 @@ def main() -> None:
               f"{'KL-SFT':>8}{'opt s':>7}")
     print(header)
     for loss in args.losses.split(","):
-        row = run_loss(args.workdir, loss)
+        row = run_loss(args.workdir, params, loss)
         rows.append(row)
         print(f"{loss:<7}{row['greedy']:>8.3f}{row['sampled']:>9.3f}{row['harder']:>8.3f}{row['unseen']:>8.3f}"
               f"{row['entropy']:>9.3f}{row['distinct_2']:>8.3f}{row['kl_to_sft']:>8.2f}{row['optimize_seconds']:>7.0f}",

@@ -91,7 +91,7 @@ def run_cfn(cfg: Config, layout: Layout, iteration: int) -> None:
                  "median_pseudo_count": counts.median().item() if len(counts) else None,
                  "first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:]),
                  "steps": len(losses), "seconds": time.perf_counter() - started}
-        write_json(tmp / "stats.json", stats)
+        write_json(tmp / layout.cfn_stats(iteration).name, stats)
     log.info("cfn iteration %d: %d visits added (buffer %d), %d steps, mean bonus %.3f, median pseudo-count %.1f",
              iteration, len(visits), len(buffer), len(losses), stats["mean_bonus"] or 0.0,
              stats["median_pseudo_count"] or 0.0)

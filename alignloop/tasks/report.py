@@ -22,7 +22,7 @@ def iteration_row(layout: Layout, iteration: int) -> dict[str, Any]:
     train = _optional_json(layout.train_log(iteration)).get("final", {}) if iteration else {}
     rank = _optional_json(layout.rank_stats(iteration)) if iteration else {}
     evolve = _optional_json(layout.evolve_stats(iteration)) if iteration else {}
-    cfn = _optional_json(layout.cfn(iteration) / "stats.json") if iteration else {}
+    cfn = _optional_json(layout.cfn_stats(iteration)) if iteration else {}
     return {"iteration": iteration, "metrics": read_json(layout.metrics(iteration)),
             "train": {f"train/{k}": v for k, v in train.items()},
             "rank": {f"rank/{k}": v for k, v in rank.items()},

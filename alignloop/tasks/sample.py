@@ -23,12 +23,13 @@ def prompts_for_iteration(pool: list[dict], iteration: int, count: int) -> list[
 
 def iteration_prompts(cfg: Config, layout: Layout, iteration: int) -> list[dict]:
     """Under eva (from iteration 2), the previous creator's `next_prompts.jsonl`; otherwise the pool's next slice."""
-    if cfg.evolve.enabled and iteration > 1:
-        rows = read_jsonl(layout.next_prompts(iteration - 1))
-        if not rows:
-            raise ValueError(f"{layout.next_prompts(iteration - 1)} is empty; re-run evolve {iteration - 1}")
-        return rows
-    return prompts_for_iteration(read_jsonl(layout.train_prompts), iteration, cfg.sample.num_prompts)
+    source = layout.sample_prompts(iteration, cfg.evolve.enabled)
+    if source == layout.train_prompts:
+        return prompts_for_iteration(read_jsonl(source), iteration, cfg.sample.num_prompts)
+    rows = read_jsonl(source)
+    if not rows:
+        raise ValueError(f"{source} is empty; re-run evolve {iteration - 1}")
+    return rows
 
 
 def run_sample(cfg: Config, layout: Layout, iteration: int) -> None:
