@@ -204,11 +204,12 @@ class CFNConfig(Section):
     """Input dropout while training (the head is in eval mode when it scores)."""
     prior_scale: float = Field(0.0, ge=0)
     """Scale of a fixed random prior added to the output (optimism for novel pairs); 0 is off."""
-    learning_rate: float = Field(1e-3, gt=0)
-    steps: int = Field(3000, ge=1)
-    """Training steps per iteration, on a fresh head over the whole replay buffer (converged counts need thousands;
-    each step is one small MLP batch, about a millisecond on a CPU)."""
-    batch_size: int = Field(256, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
+    steps: int = Field(500, ge=1)
+    """Training steps per iteration, on a fresh head over the whole replay buffer. On the testbed's 8,000–24,000
+    visits, 500 steps of 1,024 fit as well as 3,000 of 256 (same loss, same rank correlation with the number of
+    nearby visits) in a third of the time."""
+    batch_size: int = Field(1024, ge=1)
     replay: Literal["all", "current"] = "all"
     """`all`: the buffer keeps every iteration's visits, so counts accumulate; `current`: this iteration's only
     (the released COPO code)."""
@@ -217,7 +218,8 @@ class CFNConfig(Section):
     bonus_exponent: float = Field(0.5, ge=0)
     """b = (mean_j f_j²) ** exponent; 0.5 gives 1/√n."""
     feature_batch_size: int = Field(256, ge=1)
-    """Sequences per forward pass when computing features."""
+    """Responses per forward pass when computing features (each prompt's key/value cache is shared by its
+    responses)."""
 
 
 STAGE_NAMES = ("prepare", "sft", "sample", "rank", "evolve", "cfn", "optimize", "benchmark", "report")

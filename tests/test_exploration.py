@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from alignloop.config import ModelConfig
 from alignloop.models.cfn import CFNHead, ReplayBuffer, bonuses, train_cfn
 from alignloop.models.exploration import copo_term, last_token_features
-from alignloop.models.logprobs import collate, tokenize_response
+from alignloop.models.logprobs import tokenize_response
 from alignloop.models.losses import LOSSES, LossParams, PairBatch
 from alignloop.models.policy import load_policy
 from alignloop.testbed.model import create_base_model
@@ -69,19 +69,28 @@ def model_dir(tmp_path_factory):
     return path
 
 
-def test_features_are_the_last_real_token_and_ignore_padding(model_dir):
-    model, tokenizer = load_policy(model_dir, ModelConfig(), torch.device("cpu"))
-    short = tokenize_response(tokenizer, "reverse: ab", "ba", True, 96)
-    long = tokenize_response(tokenizer, "sort, then uppercase: zyx123", "123XYZ ✓", True, 96)
-    # long first: batches are grouped by length inside, rows must come back in input order
-    together = last_token_features(model, [long, short, long], tokenizer.pad_token_id, batch_size=2)
-    alone = torch.cat([last_token_features(model, [seq], tokenizer.pad_token_id) for seq in (long, short, long)])
-    assert together.shape == (3, 32) and torch.allclose(together, alone, atol=1e-5)
-    alone = alone[[1, 0]]  # (short, long) from here on
-    batch = collate([short], tokenizer.pad_token_id)
+def full_forward_feature(model, seq) -> torch.Tensor:
+    """The definition, computed the plain way: one unpadded forward pass, the last position's final hidden state."""
     with torch.no_grad():
-        hidden = model.base_model(input_ids=batch["input_ids"]).last_hidden_state[0, -1]
-    assert torch.allclose(alone[0], hidden, atol=1e-5)
+        ids = torch.tensor([seq.prompt_ids + seq.response_ids])
+        return model.base_model(input_ids=ids).last_hidden_state[0, -1]
+
+
+def test_features_are_the_last_real_token_of_each_sequence(model_dir):
+    model, tokenizer = load_policy(model_dir, ModelConfig(), torch.device("cpu"))
+    rows = [("reverse: ab", "ba", True), ("sort, then uppercase: zyx123", "123XYZ ✓", True),
+            ("reverse: ab", "b", False), ("reverse: ab", "ba", True),  # a repeat, and a third response of one prompt
+            ("reverse: cd", "dc and then a much longer tail", True), ("reverse: ab", "abcdefghijklmnop", True)]
+    seqs = [tokenize_response(tokenizer, *row, 96) for row in rows]
+    prompt_length = len(seqs[0].prompt_ids)
+    seqs.append(tokenize_response(tokenizer, "reverse: ab", "ba", True, prompt_length))  # response cut away entirely
+    assert seqs[-1].response_ids == []
+    expected = torch.stack([full_forward_feature(model, seq) for seq in seqs])
+    for batch_size in (1, 2, 256):  # prompts shared or not, response lengths bucketed with padding or not
+        features = last_token_features(model, seqs, tokenizer.pad_token_id, batch_size=batch_size)
+        assert features.shape == (len(seqs), 32)
+        assert torch.allclose(features, expected, atol=1e-5)
+    assert torch.equal(features[0], features[3])
 
 
 def test_a_response_seen_20_times_gets_a_lower_bonus_than_one_seen_once(model_dir, tmp_path):

@@ -22,12 +22,25 @@ class Tokenized:
 def tokenize_response(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, finished: bool,
                       max_length: int) -> Tokenized:
     """Chat-formatted prompt + response, with EOS when the sample produced one; cut to `max_length` tokens."""
-    prompt_ids = prompt_token_ids(tokenizer, prompt)
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
-    if finished:
-        response_ids = response_ids + [tokenizer.eos_token_id]
-    return Tokenized(prompt_ids, response_ids[: max(0, max_length - len(prompt_ids))])
+    return tokenize_responses(tokenizer, [(prompt, response, finished)], max_length)[0]
 
+
+
+def tokenize_responses(tokenizer: PreTrainedTokenizerBase, rows: list[tuple[str, str, bool]],
+                       max_length: int) -> list[Tokenized]:
+    """Chat-formatted prompt + response (+ EOS when the sample produced one), cut to `max_length` tokens, for every
+    (prompt, response, finished) row; each distinct prompt is chat-formatted once."""
+    prompts: dict[str, list[int]] = {}
+    out = []
+    for prompt, response, finished in rows:
+        prompt_ids = prompts.get(prompt)
+        if prompt_ids is None:
+            prompt_ids = prompts[prompt] = prompt_token_ids(tokenizer, prompt)
+        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+        if finished:
+            response_ids = response_ids + [tokenizer.eos_token_id]
+        out.append(Tokenized(prompt_ids, response_ids[: max(0, max_length - len(prompt_ids))]))
+    return out
 
 def collate(sequences: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded `input_ids`, `attention_mask` and `response_mask`, each (batch, seq)."""

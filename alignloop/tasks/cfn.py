@@ -19,7 +19,7 @@ from alignloop.io import atomic_path, read_jsonl, write_json, write_jsonl
 from alignloop.models.cfn import CFNHead, ReplayBuffer, bonuses, pseudo_counts, train_cfn
 from alignloop.models.exploration import last_token_features
 from alignloop.models.generation import derive_seed, generate
-from alignloop.models.logprobs import tokenize_response
+from alignloop.models.logprobs import tokenize_responses
 from alignloop.models.policy import load_policy
 from alignloop.paths import Layout
 
@@ -50,11 +50,11 @@ def run_cfn(cfg: Config, layout: Layout, iteration: int) -> None:
         raise ValueError(f"cfn: {layout.samples(iteration)} has no samples")
 
     def features_of(rows: list[tuple[str, str, bool]]) -> torch.Tensor:
-        sequences = [tokenize_response(tokenizer, prompt, response, finished, cfg.model.max_length)
-                     for prompt, response, finished in rows]
+        sequences = tokenize_responses(tokenizer, rows, cfg.model.max_length)
         return last_token_features(model, sequences, tokenizer.pad_token_id, cfg.cfn.feature_batch_size)
 
     visits = features_of([(row["prompt"], row["response"], row["finished"]) for row in samples])
+    features_done = time.perf_counter()
     explored = explored_responses(cfg, pairs, model, tokenizer, iteration)
     if cfg.cfn.explore == "chosen":  # the chosen responses are visits already: reuse their features
         index = {(row["prompt_id"], row["sample_index"]): k for k, row in enumerate(samples)}
@@ -63,6 +63,7 @@ def run_cfn(cfg: Config, layout: Layout, iteration: int) -> None:
         explored_features = features_of([(row["prompt"], text, finished)
                                          for row, (text, finished) in zip(pairs, explored)])
 
+    train_started = time.perf_counter()
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "cfn", iteration))
     hidden = visits.shape[1]
     previous = (load_buffer(layout, iteration - 1) if cfg.cfn.replay == "all" and iteration > 1
@@ -74,6 +75,7 @@ def run_cfn(cfg: Config, layout: Layout, iteration: int) -> None:
                        learning_rate=cfg.cfn.learning_rate, generator=generator)
     bonus = bonuses(head, explored_features, cfg.cfn.bonus_exponent)
     counts = pseudo_counts(head, explored_features)
+    train_done = time.perf_counter()
     if not torch.isfinite(bonus).all():
         raise ValueError(f"cfn iteration {iteration}: non-finite bonuses; lower cfn.learning_rate")
 
@@ -90,7 +92,8 @@ def run_cfn(cfg: Config, layout: Layout, iteration: int) -> None:
                  "mean_bonus": bonus.mean().item() if len(bonus) else None,
                  "median_pseudo_count": counts.median().item() if len(counts) else None,
                  "first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:]),
-                 "steps": len(losses), "seconds": time.perf_counter() - started}
+                 "steps": len(losses), "feature_seconds": features_done - started,
+                 "train_seconds": train_done - train_started, "seconds": time.perf_counter() - started}
         write_json(tmp / layout.cfn_stats(iteration).name, stats)
     log.info("cfn iteration %d: %d visits added (buffer %d), %d steps, mean bonus %.3f, median pseudo-count %.1f",
              iteration, len(visits), len(buffer), len(losses), stats["mean_bonus"] or 0.0,
