@@ -7,31 +7,11 @@ import pytest
 import torch
 
 from alignloop.models.cfn import CFNHead, ReplayBuffer, bonuses, coin_flips, pseudo_counts, train_cfn
+from alignloop.models.cfn_diagnostics import neighbour_counts, ranks, spearman
 
 VISITS = (1, 2, 4, 8, 16, 32, 64)
 STATES_PER_COUNT = 4  # 28 states: within what a 32-wide head can tell apart
 HIDDEN, D = 96, 20
-
-
-def ranks(values: list[float]) -> list[float]:
-    """1-based ranks, ties sharing their average rank."""
-    order = sorted(range(len(values)), key=lambda k: values[k])
-    out = [0.0] * len(values)
-    start = 0
-    while start < len(order):
-        end = start
-        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
-            end += 1
-        for k in order[start:end + 1]:
-            out[k] = (start + end) / 2 + 1
-        start = end + 1
-    return out
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    ra, rb = torch.tensor(ranks(a)), torch.tensor(ranks(b))
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
 
 
 def _visited_states(seed: int = 0) -> tuple[torch.Tensor, list[int], torch.Tensor]:
@@ -60,6 +40,13 @@ def test_spearman_by_hand():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert ranks([5.0, 1.0, 5.0]) == [2.5, 1.0, 2.5]
+
+
+def test_neighbour_counts_by_hand():
+    points = torch.tensor([[0.0, 0.0], [0.0, 0.0], [3.0, 4.0], [10.0, 0.0]])
+    queries = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    # from the origin: the two copies at 0, then (3, 4) at distance 5, then (10, 0) at 10
+    assert neighbour_counts(queries, points, [0.0, 5.0, 10.0], chunk=1).tolist() == [[2, 3, 4], [1, 3, 4]]
 
 
 def test_stored_flips_give_calibrated_counts():
