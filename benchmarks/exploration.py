@@ -20,8 +20,10 @@ from pathlib import Path
 
 from common import load_params, mean_std, run_pipeline
 
+from alignloop.config import Config, load_config
+from alignloop.stages import iteration_stages
+
 SPLITS = {"in_dist": "in_distribution", "harder": "harder", "unseen": "unseen_composition"}
-ITERATION_STAGES = ("sample", "rank", "cfn", "optimize", "benchmark")
 
 
 def distinct_samples(workdir: Path, iterations: int) -> int:
@@ -33,14 +35,15 @@ def distinct_samples(workdir: Path, iterations: int) -> int:
     return len(seen)
 
 
-def cfn_share(summary: dict, iterations: int) -> float | None:
+def cfn_share(summary: dict, cfg: Config) -> float | None:
     """cfn seconds / all stage seconds, over the iterations whose every stage ran in this run (iteration 1's
     sampling and ranking come from the DPO arm's cache, so it is left out)."""
     stages = summary["stages"]
-    full = [i for i in range(1, iterations + 1)
-            if all(stages.get(f"{name}-{i}", {}).get("status") == "ran" for name in ITERATION_STAGES)]
+    names = {i: iteration_stages(cfg, i) for i in range(1, cfg.iterations + 1)}
+    full = [i for i, stage_names in names.items()
+            if all(stages.get(f"{name}-{i}", {}).get("status") == "ran" for name in stage_names)]
     cfn = sum(stages[f"cfn-{i}"]["seconds"] for i in full)
-    total = sum(stages[f"{name}-{i}"]["seconds"] for i in full for name in ITERATION_STAGES)
+    total = sum(stages[f"{name}-{i}"]["seconds"] for i in full for name in names[i])
     return cfn / total if total else None
 
 
@@ -53,7 +56,7 @@ def run_arm(workdir: Path, params: dict, seed: int, copo: bool, alpha: float) ->
     row = {"seed": seed, "copo": copo, "alpha": alpha if copo else None, "seconds": seconds,
            "distinct_pairs": distinct_samples(workdir, iterations),
            "entropy": final["in_distribution/sampled_entropy"],
-           "cfn_share": cfn_share(summary, iterations) if copo else None}
+           "cfn_share": cfn_share(summary, load_config(workdir / "params.yaml")) if copo else None}
     for short, split in SPLITS.items():
         row[f"{short} greedy"] = final[f"{split}/greedy_gold"]
         row[f"{short} sampled"] = final[f"{split}/sampled_gold"]
