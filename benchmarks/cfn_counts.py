@@ -60,11 +60,14 @@ def main() -> None:
     radii = [float(r) for r in args.radii.split(",")]
     standardise = lambda x: (x - head.input_mean) / head.input_std  # noqa: E731 (the head's own scale)
     near = neighbour_counts(standardise(current[index]), standardise(features), radii)
+    earlier = features[:len(features) - len(samples)]  # visits of earlier iterations, featurised by earlier models
+    near_earlier = neighbour_counts(standardise(current[index]), standardise(earlier), radii)
     result = {"workdir": str(args.workdir), "iteration": args.iteration, "buffer_visits": len(features),
               "iteration_visits": len(samples), "distinct_visits": len(first),
               "median_pseudo_count": statistics.median(counted),
               "spearman_exact_repeats": spearman(counted, sampled),
               "radii": {str(r): {"median_neighbours": float(near[:, j].median()),
+                                 "median_neighbours_from_earlier_iterations": float(near_earlier[:, j].median()),
                                  "spearman": spearman(counted, near[:, j].double().tolist())}
                         for j, r in enumerate(radii)},
               "by_repeats": {}}
@@ -77,10 +80,12 @@ def main() -> None:
 
     print(f"iteration {args.iteration}: {len(samples)} visits ({len(first)} distinct), buffer {len(features)}, "
           f"median pseudo-count {result['median_pseudo_count']:.1f}")
-    print(f"\n{'counted against':<28}{'median neighbours':>18}{'Spearman':>10}")
-    print(f"{'times sampled (1-4)':<28}{statistics.median(sampled):>18.0f}{result['spearman_exact_repeats']:>10.3f}")
+    print(f"\n{'counted against':<28}{'median neighbours':>18}{'from earlier iterations':>25}{'Spearman':>10}")
+    print(f"{'times sampled (1-4)':<28}{statistics.median(sampled):>18.0f}{'':>25}"
+          f"{result['spearman_exact_repeats']:>10.3f}")
     for r, row in result["radii"].items():
-        print(f"{f'buffer visits within r={r}':<28}{row['median_neighbours']:>18.0f}{row['spearman']:>10.3f}")
+        print(f"{f'buffer visits within r={r}':<28}{row['median_neighbours']:>18.0f}"
+              f"{row['median_neighbours_from_earlier_iterations']:>25.0f}{row['spearman']:>10.3f}")
     print(f"\n{'times sampled':<15}{'distinct':>10}{'median pseudo-count':>21}"
           + "".join(f"{f'near r={r}':>12}" for r in result["radii"]))
     for n, row in result["by_repeats"].items():
