@@ -1,11 +1,11 @@
 """Online DPO vs COPO on the testbed: several seeds, params.yaml's budget; prints a table and writes JSON.
 
 For each seed one project directory runs online DPO (`optimize.exploration: none`, the default, whose NLL anchor is
-the constant-weight control ALGORITHMS.md §2 asks for), then COPO (`exploration: copo`) on top of it. Everything up
-to iteration 1's ranking is shared through the cache.
+the constant-weight control ALGORITHMS.md §2 asks for), then COPO (`exploration: copo`) at each α on top of it.
+Everything up to iteration 1's ranking is shared through the cache.
 
-    python benchmarks/exploration.py                         # seeds 0,1,2
-    python benchmarks/exploration.py --seeds 0 --alpha 5
+    python benchmarks/exploration.py                         # seeds 0,1,2, params.yaml's α
+    python benchmarks/exploration.py --seeds 0 --alphas 0.3,3,10
 
 Columns: final greedy and sampled gold score per split (mean ± std over seeds), distinct (prompt, response) pairs
 sampled over the run, in_distribution token entropy, and the cfn stage's share of each iteration's stage time.
@@ -68,40 +68,47 @@ def run_arm(workdir: Path, params: dict, seed: int, copo: bool, alpha: float) ->
     return row
 
 
+def arm_name(alpha: float | None) -> str:
+    return "dpo" if alpha is None else f"copo α={alpha:g}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--alpha", type=float, help="COPO's α (default: params.yaml's optimize.copo_alpha)")
+    parser.add_argument("--alphas", help="COPO's α values, comma-separated (default: params.yaml's copo_alpha)")
     parser.add_argument("--iterations", type=int, help="override params.yaml's iterations")
     parser.add_argument("--workdir", type=Path, default=Path("reports/exploration-workdir"))
     parser.add_argument("--out", type=Path, default=Path("reports/exploration.json"))
     args = parser.parse_args()
 
     params = load_params(args.params, args.iterations)
-    alpha = args.alpha if args.alpha is not None else params["optimize"].get("copo_alpha", 1.0)
+    alphas = ([float(a) for a in args.alphas.split(",")] if args.alphas
+              else [float(params["optimize"].get("copo_alpha", 1.0))])
+    arms = [None, *alphas]  # None: online DPO
     columns = [f"{short} {kind}" for short in SPLITS for kind in ("greedy", "sampled")]
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        for copo in (False, True):
-            row = run_arm(args.workdir / f"seed-{seed}", params, seed, copo, alpha)
+        for alpha in arms:
+            row = run_arm(args.workdir / f"seed-{seed}", params, seed, alpha is not None, alpha or 0.0)
             rows.append(row)
             share = f"  cfn share {row['cfn_share']:.1%}" if row.get("cfn_share") is not None else ""
-            print(f"seed {seed} {'copo' if copo else 'dpo':<4} " + "  ".join(f"{c} {row[c]:.3f}" for c in columns)
+            print(f"seed {seed} {arm_name(alpha):<13} " + "  ".join(f"{c} {row[c]:.3f}" for c in columns)
                   + f"  distinct {row['distinct_pairs']}  entropy {row['entropy']:.3f}{share}"
                   + f"  ({row['seconds']:.0f} s)", flush=True)
 
-    print(f"\n{'arm':<6}" + "".join(f"{c:>17}" for c in columns) + f"{'distinct pairs':>18}{'entropy':>16}")
-    for copo in (False, True):
-        arm = [row for row in rows if row["copo"] == copo]
-        print(f"{'copo' if copo else 'dpo':<6}" + "".join(f"{mean_std([r[c] for r in arm]):>17}" for c in columns)
+    print(f"\n{'arm':<13}" + "".join(f"{c:>17}" for c in columns) + f"{'distinct pairs':>18}{'entropy':>16}")
+    for alpha in arms:
+        arm = [row for row in rows if row["alpha"] == alpha]
+        print(f"{arm_name(alpha):<13}" + "".join(f"{mean_std([r[c] for r in arm]):>17}" for c in columns)
               + f"{statistics.mean(r['distinct_pairs'] for r in arm):>18.0f}"
               + f"{mean_std([r['entropy'] for r in arm]):>16}")
     shares = [row["cfn_share"] for row in rows if row.get("cfn_share") is not None]
     if shares:
-        print(f"cfn stage: {statistics.mean(shares):.1%} of the iterations' stage time (α = {alpha})")
+        print(f"cfn stage: {statistics.mean(shares):.1%} of the iterations' stage time "
+              f"(range {min(shares):.1%}–{max(shares):.1%})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"iterations": params["iterations"], "alpha": alpha, "rows": rows}, indent=2)
+    args.out.write_text(json.dumps({"iterations": params["iterations"], "alphas": alphas, "rows": rows}, indent=2)
                         + "\n")
     print(f"wrote {args.out}")
 
