@@ -5,7 +5,9 @@ lie near it (similar pairs); prints a table and writes JSON.
     python benchmarks/cfn_counts.py reports/exploration-workdir/seed-0 --iteration 1
 
 Distances are in the head's own standardised feature space. A CFN that counts similar pairs at the resolution of a
-radius r shows a high positive rank correlation between its pseudo-count and the neighbour count at r.
+radius r shows a high positive rank correlation between its pseudo-count and the neighbour count at r. The control
+is the same head untrained (same input standardisation, random weights): geometry alone already ranks crowded
+states apart from outlying ones, and training should add to that.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from alignloop.models.cfn import CFNHead, pseudo_counts
 from alignloop.models.cfn_diagnostics import neighbour_counts, spearman
 
 
-def load_head(path: Path) -> CFNHead:
+def load_head(path: Path) -> tuple[CFNHead, CFNHead]:
+    """The trained head, and an untrained one of the same shape and input standardisation (the control)."""
     state = load_file(str(path))
     hidden, width = state["net.1.weight"].shape[1], state["net.1.weight"].shape[0]
-    head = CFNHead(hidden, state["net.3.weight"].shape[0], width)
+    head, untrained = (CFNHead(hidden, state["net.3.weight"].shape[0], width, seed=seed) for seed in (0, 1))
     head.load_state_dict(state)
-    return head.eval()
+    untrained.input_mean.copy_(head.input_mean)
+    untrained.input_std.copy_(head.input_std)
+    return head.eval(), untrained.eval()
 
 
 def main() -> None:
@@ -44,7 +49,7 @@ def main() -> None:
         raise SystemExit(f"error: {cfn_dir} has no CFN; run the pipeline with optimize.exploration: copo first")
     samples = [json.loads(line) for line in samples_path.read_text().splitlines()]
     features = load_file(str(cfn_dir / "buffer.safetensors"))["features"]
-    head = load_head(cfn_dir / "head.safetensors")
+    head, untrained = load_head(cfn_dir / "head.safetensors")
     current = features[len(features) - len(samples):]  # this iteration's visits come last, in sample order
 
     first: dict[tuple[str, str], int] = {}
@@ -56,6 +61,7 @@ def main() -> None:
     index = torch.tensor(list(first.values()))
     sampled = [float(repeats[key]) for key in first]
     counted = pseudo_counts(head, current[index]).tolist()
+    control = pseudo_counts(untrained, current[index]).tolist()
 
     radii = [float(r) for r in args.radii.split(",")]
     standardise = lambda x: (x - head.input_mean) / head.input_std  # noqa: E731 (the head's own scale)
@@ -65,10 +71,13 @@ def main() -> None:
     result = {"workdir": str(args.workdir), "iteration": args.iteration, "buffer_visits": len(features),
               "iteration_visits": len(samples), "distinct_visits": len(first),
               "median_pseudo_count": statistics.median(counted),
+              "median_pseudo_count_untrained": statistics.median(control),
               "spearman_exact_repeats": spearman(counted, sampled),
+              "spearman_exact_repeats_untrained": spearman(control, sampled),
               "radii": {str(r): {"median_neighbours": float(near[:, j].median()),
                                  "median_neighbours_from_earlier_iterations": float(near_earlier[:, j].median()),
-                                 "spearman": spearman(counted, near[:, j].double().tolist())}
+                                 "spearman": spearman(counted, near[:, j].double().tolist()),
+                                 "spearman_untrained": spearman(control, near[:, j].double().tolist())}
                         for j, r in enumerate(radii)},
               "by_repeats": {}}
     for n in sorted(set(sampled)):
@@ -79,13 +88,16 @@ def main() -> None:
                                                               for j, r in enumerate(radii)}}
 
     print(f"iteration {args.iteration}: {len(samples)} visits ({len(first)} distinct), buffer {len(features)}, "
-          f"median pseudo-count {result['median_pseudo_count']:.1f}")
-    print(f"\n{'counted against':<28}{'median neighbours':>18}{'from earlier iterations':>25}{'Spearman':>10}")
+          f"median pseudo-count {result['median_pseudo_count']:.1f} "
+          f"(untrained {result['median_pseudo_count_untrained']:.1f})")
+    print(f"\n{'counted against':<28}{'median neighbours':>18}{'from earlier iterations':>25}{'Spearman':>10}"
+          f"{'untrained':>11}")
     print(f"{'times sampled (1-4)':<28}{statistics.median(sampled):>18.0f}{'':>25}"
-          f"{result['spearman_exact_repeats']:>10.3f}")
+          f"{result['spearman_exact_repeats']:>10.3f}{result['spearman_exact_repeats_untrained']:>11.3f}")
     for r, row in result["radii"].items():
         print(f"{f'buffer visits within r={r}':<28}{row['median_neighbours']:>18.0f}"
-              f"{row['median_neighbours_from_earlier_iterations']:>25.0f}{row['spearman']:>10.3f}")
+              f"{row['median_neighbours_from_earlier_iterations']:>25.0f}{row['spearman']:>10.3f}"
+              f"{row['spearman_untrained']:>11.3f}")
     print(f"\n{'times sampled':<15}{'distinct':>10}{'median pseudo-count':>21}"
           + "".join(f"{f'near r={r}':>12}" for r in result["radii"]))
     for n, row in result["by_repeats"].items():
