@@ -87,3 +87,23 @@ def test_prior_gives_novel_states_a_bonus():
     plain, optimistic = CFNHead(HIDDEN, D), CFNHead(HIDDEN, D, prior_scale=1.0)
     assert bonuses(optimistic, features).mean() > 2 * bonuses(plain, features).mean()
     assert bonuses(optimistic, features).mean() == pytest.approx(1.0, rel=0.5)
+
+
+def test_training_does_not_depend_on_the_global_rng_and_leaves_it_alone():
+    """Dropout draws from the global RNG; a head trained after other work in the process (a resumed run trains the
+    cfn stage in a fresh one) must come out the same."""
+    features = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+
+    def trained(global_seed: int) -> tuple[dict, torch.Tensor]:
+        generator = torch.Generator().manual_seed(1)
+        head = CFNHead(8, 4, width=16, dropout=0.5, seed=2)
+        torch.manual_seed(global_seed)
+        train_cfn(head, ReplayBuffer.empty(8, 4).add(features, generator), steps=20, batch_size=16,
+                  learning_rate=1e-2, generator=generator)
+        return head.state_dict(), torch.rand(3)  # the caller's next draw
+
+    first, after_first = trained(0)
+    second, after_second = trained(123)
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    torch.manual_seed(123)
+    assert torch.equal(after_second, torch.rand(3)) and not torch.equal(after_first, after_second)

@@ -90,8 +90,13 @@ def train_cfn(head: CFNHead, buffer: ReplayBuffer, *, steps: int, batch_size: in
     head.fit_normalisation(buffer.features)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # thousands of tiny steps: threads only add synchronisation (10× slower on a busy CPU)
+    dropout_seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
     try:
-        return _train(head, buffer, steps, batch_size, learning_rate, generator, redraw_flips)
+        # dropout draws from the global RNG: seed it from `generator`, so the head does not depend on what ran
+        # earlier in the process (a resumed run trains the same head), and leave the caller's RNG as it was
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(dropout_seed)
+            return _train(head, buffer, steps, batch_size, learning_rate, generator, redraw_flips)
     finally:
         torch.set_num_threads(threads)
 
