@@ -64,10 +64,11 @@ def main() -> None:
     control = pseudo_counts(untrained, current[index]).tolist()
 
     radii = [float(r) for r in args.radii.split(",")]
-    standardise = lambda x: (x - head.input_mean) / head.input_std  # noqa: E731 (the head's own scale)
-    near = neighbour_counts(standardise(current[index]), standardise(features), radii)
-    earlier = features[:len(features) - len(samples)]  # visits of earlier iterations, featurised by earlier models
-    near_earlier = neighbour_counts(standardise(current[index]), standardise(earlier), radii)
+    standardised = (features - head.input_mean) / head.input_std  # the head's own scale
+    queries = (current[index] - head.input_mean) / head.input_std
+    near = neighbour_counts(queries, standardised, radii)
+    # visits of earlier iterations (featurised by earlier models) only
+    near_earlier = neighbour_counts(queries, standardised[:len(features) - len(samples)], radii)
     result = {"workdir": str(args.workdir), "iteration": args.iteration, "buffer_visits": len(features),
               "iteration_visits": len(samples), "distinct_visits": len(first),
               "median_pseudo_count": statistics.median(counted),

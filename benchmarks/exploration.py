@@ -47,13 +47,16 @@ def cfn_share(summary: dict, cfg: Config) -> float | None:
     return cfn / total if total else None
 
 
-def run_arm(workdir: Path, params: dict, seed: int, copo: bool, alpha: float) -> dict:
-    optimize = {**params["optimize"], "exploration": "copo" if copo else "none", "copo_alpha": alpha}
+def run_arm(workdir: Path, params: dict, seed: int, alpha: float | None) -> dict:
+    """One arm on one seed: online DPO when `alpha` is None, else COPO at that α."""
+    copo = alpha is not None
+    optimize = {**params["optimize"], "exploration": "copo" if copo else "none",
+                "copo_alpha": alpha if copo else 0.0}
     params = {**params, "seed": seed, "optimize": optimize}
     summary, seconds = run_pipeline(workdir, params)
     final = summary["iterations"][-1]["metrics"]
     iterations = params["iterations"]
-    row = {"seed": seed, "copo": copo, "alpha": alpha if copo else None, "seconds": seconds,
+    row = {"seed": seed, "copo": copo, "alpha": alpha, "seconds": seconds,
            "distinct_pairs": distinct_samples(workdir, iterations),
            "entropy": final["in_distribution/sampled_entropy"],
            "cfn_share": cfn_share(summary, load_config(workdir / "params.yaml")) if copo else None}
@@ -90,7 +93,7 @@ def main() -> None:
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for alpha in arms:
-            row = run_arm(args.workdir / f"seed-{seed}", params, seed, alpha is not None, alpha or 0.0)
+            row = run_arm(args.workdir / f"seed-{seed}", params, seed, alpha)
             rows.append(row)
             share = f"  cfn share {row['cfn_share']:.1%}" if row.get("cfn_share") is not None else ""
             print(f"seed {seed} {arm_name(alpha):<13} " + "  ".join(f"{c} {row[c]:.3f}" for c in columns)

@@ -43,7 +43,7 @@ def last_token_features(model: PreTrainedModel, sequences: list[Tokenized], pad_
     out = torch.empty(len(unique), model.config.hidden_size)
     for chunk in _prompt_chunks(by_prompt, batch_size):
         _shared_prefix_features(model, chunk, by_prompt, pad_id, out)
-    return out[torch.tensor(slot, dtype=torch.long)] if sequences else out
+    return out[torch.tensor(slot, dtype=torch.long)]
 
 
 def _prompt_chunks(by_prompt: dict[tuple[int, ...], list], batch_size: int) -> list[list[tuple[int, ...]]]:
@@ -79,8 +79,8 @@ def _shared_prefix_features(model: PreTrainedModel, prompts: list[tuple[int, ...
         last = prefix.last_hidden_state[owners, -1]  # a response cut away entirely ends at the prompt's last token
         width = int(lengths.max())
         if width:
-            cache = DynamicCache([(layer.keys[owners], layer.values[owners]) for layer in prefix.past_key_values.layers],
-                                 config=model.config)
+            layers = prefix.past_key_values.layers
+            cache = DynamicCache([(layer.keys[owners], layer.values[owners]) for layer in layers], config=model.config)
             ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
             for row, (_, _, response) in enumerate(rows):
                 ids[row, :len(response)] = torch.tensor(response, dtype=torch.long)

@@ -25,7 +25,6 @@ def tokenize_response(tokenizer: PreTrainedTokenizerBase, prompt: str, response:
     return tokenize_responses(tokenizer, [(prompt, response, finished)], max_length)[0]
 
 
-
 def tokenize_responses(tokenizer: PreTrainedTokenizerBase, rows: list[tuple[str, str, bool]],
                        max_length: int) -> list[Tokenized]:
     """Chat-formatted prompt + response (+ EOS when the sample produced one), cut to `max_length` tokens, for every
@@ -41,6 +40,7 @@ def tokenize_responses(tokenizer: PreTrainedTokenizerBase, rows: list[tuple[str,
             response_ids = response_ids + [tokenizer.eos_token_id]
         out.append(Tokenized(prompt_ids, response_ids[: max(0, max_length - len(prompt_ids))]))
     return out
+
 
 def collate(sequences: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded `input_ids`, `attention_mask` and `response_mask`, each (batch, seq)."""
