@@ -55,7 +55,8 @@ class TestbedConfig(Section):
 
 class ModelConfig(Section):
     name_or_path: str = "testbed"
-    """`testbed` builds the tiny GPT-2 below; anything else is a local path or hub id for `from_pretrained`."""
+    """`testbed` builds the tiny model below; anything else is a local directory or a hub id of a causal LM with a
+    chat template (a hub id is downloaded once, by `prepare`; later stages never touch the network)."""
     trust_remote_code: bool = False
     """Run code shipped with a model. Off unless you trust the model's source."""
     architecture: Literal["llama", "gpt2"] = "llama"
@@ -70,6 +71,10 @@ class ModelConfig(Section):
     """Longest prompt + response in tokens; longer prompts are an error, longer responses are cut."""
     device: str = "auto"
     """`auto` (cuda if available, else cpu), `cpu`, `cuda`, `cuda:1`, ..."""
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    """Weights' dtype when loading and saving policies; `auto` keeps the checkpoint's own dtype."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (SFT and optimize): far less memory, about a third more time."""
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
@@ -78,14 +83,30 @@ class ModelConfig(Section):
         return self
 
 
+class LoraConfig(Section):
+    """A LoRA adapter (peft) instead of full fine-tuning; merged into the weights when the stage saves."""
+
+    r: int = Field(16, ge=1)
+    """Rank of the update matrices."""
+    alpha: float = Field(32.0, gt=0)
+    """Scale numerator: the update is (alpha / r)·B·A."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapter's input (0 keeps reference log-probs exact while training)."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names to adapt (e.g. [q_proj, v_proj]), or every linear layer but the output head."""
+
+
 class SFTConfig(Section):
     enabled: bool = True
-    """Fine-tune on the demonstrations; false uses `model.name_or_path` as the SFT model as it is."""
+    """Fine-tune on the demonstrations; false makes the base model (`model.name_or_path`) policy 0 as it is,
+    without copying or converting it."""
     epochs: float = Field(3.0, gt=0)
     learning_rate: float = Field(3e-3, gt=0)
     batch_size: int = Field(64, ge=1)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
+    lora: LoraConfig | None = None
+    """Train a LoRA adapter (TRL's peft_config) and merge it into the saved model; null is full fine-tuning."""
 
 
 class SampleConfig(Section):
@@ -100,11 +121,28 @@ class SampleConfig(Section):
     """Prompts per generate call (each expanded to N sequences)."""
 
 
+RANKER_NAMES = ("gold", "reward_model")
+
+
 class RankConfig(Section):
-    ranker: Literal["gold"] = "gold"
-    """Who scores responses: the testbed's gold scorer (PairRM and reward models come later)."""
+    ranker: Literal["gold", "reward_model"] = "gold"
+    """Who scores responses (and judges benchmarks): `gold`, the testbed's exact scorer (needs testbed prompts), or
+    `reward_model`, a sequence classifier with one label (`rank.reward_model`)."""
+    reward_model: str | None = None
+    """`ranker: reward_model`: a local directory or hub id of an AutoModelForSequenceClassification with one label
+    and a chat template of its own."""
+    batch_size: int = Field(32, ge=1)
+    """Responses per reward-model forward pass (grouped by length)."""
+    drop_unfinished: bool = True
+    """Leave responses cut by sample.max_new_tokens out of pairs (counted in rank_stats.json)."""
     pair_rule: Literal["max_min"] = "max_min"
     """Best vs worst of the N responses; prompts whose responses all tie are dropped."""
+
+    @model_validator(mode="after")
+    def _reward_model_given(self) -> RankConfig:
+        if self.ranker == "reward_model" and not self.reward_model:
+            raise ValueError("reward_model: required when ranker is reward_model (a directory or hub id)")
+        return self
 
 
 # Short on purpose: with the testbed's character tokenizer every character is a token, and the prompted passes must
@@ -151,6 +189,14 @@ class OptimizeConfig(Section):
     """Pairs per optimizer step."""
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
+    micro_batch_size: int | None = Field(None, ge=1)
+    """Pairs per forward/backward; gradients accumulate to `batch_size` pairs per step (the same update). null: the
+    whole batch at once."""
+    autocast: Literal["none", "bfloat16", "float16"] = "none"
+    """Mixed precision for the forward passes (log-probs and losses stay fp32)."""
+    lora: LoraConfig | None = None
+    """Train a LoRA adapter instead of every weight: the reference is the policy with its adapter disabled (no second
+    copy of the weights), and the adapter is merged when the iteration's policy is saved."""
 
 
 class BenchmarkConfig(Section):
@@ -160,6 +206,9 @@ class BenchmarkConfig(Section):
     batch_size: int = Field(512, ge=1)
     sampled_temperature: float = Field(1.0, gt=0)
     """Temperature of the sampled evaluation (greedy is always run too)."""
+    alpaca_eval: bool = True
+    """Also write each evaluation set's greedy responses in AlpacaEval's format (instruction, output, generator,
+    dataset) for external evaluators."""
 
 
 class EvolveConfig(Section):
@@ -222,6 +271,50 @@ class CFNConfig(Section):
     responses)."""
 
 
+class PromptSetConfig(Section):
+    """A set of prompts read with `datasets.load_dataset`: a local .jsonl/.json/.parquet/.csv file or a dataset name."""
+
+    path: str
+    """A local file, or a dataset name (downloaded by `prepare` only)."""
+    split: str = "train"
+    """The split to read (a local file is read as this split)."""
+    prompt_column: str = "prompt"
+    """Column holding the prompt: text, or a list of chat messages (its first user message is the prompt)."""
+    messages_column: str | None = None
+    """Take the prompt from this chat-messages column instead (its first user message), e.g. `messages`."""
+    response_column: str | None = None
+    """SFT demonstrations only: the response (text, or chat messages whose last assistant message is the response);
+    null takes the assistant message after the prompt in `messages_column`."""
+    max_rows: int | None = Field(None, ge=1)
+    """Read at most this many rows (the first ones)."""
+
+
+class DataConfig(Section):
+    """Where prompts come from. Without `train`, the testbed generates everything (the default)."""
+
+    train: PromptSetConfig | None = None
+    """Training prompts; each iteration takes the next `sample.num_prompts` of them."""
+    eval: dict[str, PromptSetConfig] = {}
+    """Named evaluation sets (at least one with `train`); their prompts are removed from the training pool."""
+    sft: PromptSetConfig | None = None
+    """Demonstrations for SFT (prompt + response); needed when `sft.enabled` and `train` is set."""
+
+    @model_validator(mode="after")
+    def _sets_complete(self) -> DataConfig:
+        if self.train is None and (self.eval or self.sft):
+            raise ValueError("train: required when data.eval or data.sft is given (the testbed makes its own)")
+        if self.train is not None and not self.eval:
+            raise ValueError("eval: give at least one evaluation set with data.train (benchmarks need one)")
+        for name in self.eval:
+            if not name.isidentifier():
+                raise ValueError(f"eval: set name {name!r} must be a plain identifier (it names files and metrics)")
+        return self
+
+    @property
+    def is_testbed(self) -> bool:
+        return self.train is None
+
+
 STAGE_NAMES = ("prepare", "sft", "sample", "rank", "evolve", "cfn", "optimize", "benchmark", "report")
 
 
@@ -257,6 +350,7 @@ class Config(Section):
     iterations: int = Field(3, ge=0)
     """Online iterations after SFT."""
     testbed: TestbedConfig = TestbedConfig()
+    data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     sft: SFTConfig = SFTConfig()
     sample: SampleConfig = SampleConfig()
@@ -267,6 +361,30 @@ class Config(Section):
     benchmark: BenchmarkConfig = BenchmarkConfig()
     pipeline: PipelineConfig = PipelineConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+
+    @model_validator(mode="after")
+    def _sections_agree(self) -> Config:
+        """Cross-section constraints: a combination no run can use is refused here, before any work."""
+        if not self.data.is_testbed:
+            if self.rank.ranker == "gold":
+                raise ValueError("rank.ranker: gold scores only the testbed's prompts (it needs their answers); use "
+                                 "reward_model with data.train")
+            if self.evolve.enabled and self.evolve.evolver == "testbed":
+                raise ValueError("evolve.evolver: testbed rewrites only testbed prompts; use llm with data.train")
+            if self.sft.enabled and self.data.sft is None:
+                raise ValueError("data.sft: SFT needs demonstrations with data.train (or set sft.enabled: false to "
+                                 "start from model.name_or_path as it is)")
+        if self.sample.max_new_tokens >= self.model.max_length:
+            raise ValueError(f"sample.max_new_tokens: must be < model.max_length ({self.model.max_length}) to leave "
+                             f"room for the prompt, got {self.sample.max_new_tokens}")
+        if self.benchmark.max_new_tokens >= self.model.max_length:
+            raise ValueError(f"benchmark.max_new_tokens: must be < model.max_length ({self.model.max_length}), got "
+                             f"{self.benchmark.max_new_tokens}")
+        micro = self.optimize.micro_batch_size
+        if micro is not None and micro > self.optimize.batch_size:
+            raise ValueError(f"optimize.micro_batch_size: must be <= optimize.batch_size ({self.optimize.batch_size}),"
+                             f" got {micro}")
+        return self
 
     def section_hash(self, *names: str) -> str:
         """A stable hash of some top-level sections (cache keys, policy ids)."""
@@ -310,6 +428,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{path}: required key is missing"
     if kind == "value_error":  # our validators say "field: problem"; fold the field into the path
         message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:  # a cross-section check already names its full key
+            return message
         field, sep, problem = message.partition(": ")
         return f"{path}.{field}: {problem}" if sep and field.isidentifier() else f"{path}: {message}"
     return f"{path}: {error['msg'][0].lower()}{error['msg'][1:]}, got {value!r}"
