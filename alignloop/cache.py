@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from alignloop import __version__
 from alignloop.config import Config
+from alignloop.digests import file_digest
 from alignloop.io import read_json, write_json
 from alignloop.paths import Layout
 
@@ -26,28 +27,13 @@ if TYPE_CHECKING:
     from alignloop.stages import Stage
 
 # Library versions that change numbers (kernels, sampling, training loops): part of every code version.
-_NUMERIC_LIBRARIES = ("torch", "transformers", "trl", "tokenizers", "safetensors")
-_CHUNK = 1 << 20
-
-# Digest memo keyed by the file's identity and stat: unchanged files are read once per process.
-_file_digests: dict[tuple[str, int, int, int], str] = {}
+_NUMERIC_LIBRARIES = ("torch", "transformers", "trl", "tokenizers", "safetensors", "peft", "accelerate", "datasets",
+                      "numpy")
 
 
 def is_scratch(name: str) -> bool:
     """Temporaries of `io.atomic_path` left by a killed process; never part of an artifact."""
     return name.startswith(".") and (name.endswith(".tmp") or name.endswith(".old"))
-
-
-def file_digest(path: Path) -> str:
-    stat = path.stat()
-    identity = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    if identity not in _file_digests:
-        sha = hashlib.sha256()
-        with path.open("rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                sha.update(chunk)
-        _file_digests[identity] = sha.hexdigest()
-    return _file_digests[identity]
 
 
 def digest(path: Path) -> str | None:
@@ -91,7 +77,7 @@ def _relative(path: Path, layout: Layout) -> str:
 
 def params_slice(stage: Stage, cfg: Config) -> dict[str, Any]:
     dumped = cfg.model_dump(mode="json")
-    return {key: dumped[key] for key in stage.params}
+    return {key: dumped[key] for key in stage.params_of(cfg)}
 
 
 def cache_key(stage: Stage, cfg: Config, layout: Layout, iteration: int) -> str:

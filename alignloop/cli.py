@@ -53,7 +53,7 @@ def run(params: Path = PARAMS_OPTION) -> None:
     from alignloop.flows.pipeline import StageError, pipeline_flow
     from alignloop.io import write_json
     from alignloop.paths import Layout
-    from alignloop.tasks.report import format_table, iteration_rows
+    from alignloop.tasks.report import format_table, iteration_rows, table_columns
 
     start = time.perf_counter()
     try:
@@ -67,7 +67,7 @@ def run(params: Path = PARAMS_OPTION) -> None:
     layout = Layout(root)
     summary["orchestration_seconds"] = round(time.perf_counter() - start - summary["wall_seconds"], 2)
     write_json(layout.summary, summary)
-    typer.echo("\n" + format_table(iteration_rows(cfg, layout)))
+    typer.echo("\n" + format_table(iteration_rows(cfg, layout), table_columns(cfg)))
     typer.echo("\n" + stage_line(summary["stages"]))
     typer.echo(f"wall time {summary['wall_seconds']:.1f} s in the flow + {summary['orchestration_seconds']:.1f} s "
                f"Prefect start-up and shut-down; summary in {layout.summary.relative_to(root)}")
@@ -145,13 +145,13 @@ def report(params: Path = PARAMS_OPTION) -> None:
     """Per-iteration metrics table from the finished iterations' metrics.json files."""
     cfg, root = _setup(params)
     from alignloop.paths import Layout
-    from alignloop.tasks.report import format_table, run_report
+    from alignloop.tasks.report import format_table, run_report, table_columns
 
     try:
         rows = run_report(cfg, Layout(root))
     except FileNotFoundError as exc:
         _fail(f"{exc} (has every iteration been benchmarked?)", 1)
-    typer.echo(format_table(rows))
+    typer.echo(format_table(rows, table_columns(cfg)))
 
 
 @app.command("dvc-yaml")

@@ -121,7 +121,8 @@ class SampleConfig(Section):
     """Prompts per generate call (each expanded to N sequences)."""
 
 
-RANKER_NAMES = ("gold", "reward_model")
+# The name each ranker gives the benchmark's score metrics (greedy_<name>, sampled_<name>).
+JUDGE_NAMES = {"gold": "gold", "reward_model": "reward"}
 
 
 class RankConfig(Section):

@@ -20,6 +20,8 @@ def configure(root: Path) -> None:
         "DO_NOT_TRACK": "true",
         "DVC_NO_ANALYTICS": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        # Digests of large weight files, reused across runs while their size and mtime are unchanged.
+        "ALIGNLOOP_DIGEST_STORE": str(root / ".alignloop" / "digests.json"),
         "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     }
     for key, value in defaults.items():

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-EVAL_SPLITS = ("in_distribution", "harder", "unseen_composition")
+if TYPE_CHECKING:
+    from alignloop.config import Config
+
+EVAL_SPLITS = ("in_distribution", "harder", "unseen_composition")  # the testbed's evaluation splits
+
+
+def eval_split_names(cfg: Config) -> tuple[str, ...]:
+    """The evaluation sets of a run: the testbed's splits, or the names under `data.eval`."""
+    return EVAL_SPLITS if cfg.data.is_testbed else tuple(cfg.data.eval)
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,16 @@ class Layout:
     def base_model(self) -> Path:
         """The untrained testbed model and tokenizer (SFT's starting point)."""
         return self.data / "base_model"
+
+    @property
+    def model_record(self) -> Path:
+        """Which local directory a hub model resolved to (written by prepare)."""
+        return self.data / "model.json"
+
+    @property
+    def prepare_stats(self) -> Path:
+        """Rows read and removed (duplicates, leakage, too long) per prompt set."""
+        return self.data / "prepare_stats.json"
 
     # artifacts/
     @property
@@ -95,6 +114,10 @@ class Layout:
 
     def benchmark_outputs(self, i: int) -> Path:
         return self.iteration(i) / "benchmark_outputs.jsonl"
+
+    def alpaca_eval(self, i: int) -> Path:
+        """Greedy responses per evaluation set in AlpacaEval's format, for external evaluators."""
+        return self.iteration(i) / "alpaca_eval"
 
     # .alignloop/: bookkeeping of which stage outputs are complete (see cache.py); not an artifact
     @property

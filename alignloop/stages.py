@@ -13,13 +13,16 @@ from typing import Callable
 
 from alignloop import cache
 from alignloop.config import Config
-from alignloop.paths import EVAL_SPLITS, Layout
+from alignloop.model_source import base_model_deps, policy_deps, ranker_deps
+from alignloop.paths import Layout, eval_split_names
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 # Modules each stage's output depends on (for DVC deps and code-version hashes), relative to the package.
-_COMMON = ("io.py", "paths.py")
+_COMMON = ("io.py", "paths.py", "model_source.py")
 _MODEL = ("models/policy.py", "models/generation.py")
+_TRAINING = ("models/training.py", "models/logprobs.py")
+_RANKERS = ("models/rankers.py", "models/reward_model.py", "models/policy.py", "testbed/scorer.py")
 _TESTBED = ("testbed/world.py", "testbed/scorer.py", "testbed/data.py", "testbed/model.py", "testbed/tokenizer.py")
 
 
@@ -27,12 +30,15 @@ _TESTBED = ("testbed/world.py", "testbed/scorer.py", "testbed/data.py", "testbed
 class Stage:
     name: str
     run: Callable[..., None]  # (cfg, layout, iteration) -> None; global stages ignore the iteration
-    params: tuple[str, ...]  # params.yaml keys the stage reads
+    params: tuple[str, ...] | Callable[[Config], tuple[str, ...]]  # params.yaml keys the stage reads
     code: tuple[str, ...]
     deps: Callable[[Layout, Config, int], list[Path]]
     outs: Callable[[Layout, Config, int], list[Path]]
     metrics: Callable[[Layout, Config, int], list[Path]] = lambda layout, cfg, i: []
     per_iteration: bool = True
+
+    def params_of(self, cfg: Config) -> tuple[str, ...]:
+        return self.params(cfg) if callable(self.params) else self.params
 
     def code_paths(self) -> list[Path]:
         return [PACKAGE_DIR / module for module in (*_COMMON, *self.code)]
@@ -101,58 +107,76 @@ def _bonus_deps(layout: Layout, cfg: Config, i: int) -> list[Path]:
 
 
 def _reference_deps(layout: Layout, cfg: Config, i: int) -> list[Path]:
-    return [layout.policy(0)] if cfg.optimize.reference == "sft" and i > 1 else []
+    return policy_deps(cfg, layout, 0) if cfg.optimize.reference == "sft" and i > 1 else []
+
+
+def _prepare_params(cfg: Config) -> tuple[str, ...]:
+    """Real prompts are filtered by the room sampling and benchmarks need, and a hub reward model is fetched."""
+    real = ("sample", "benchmark", "rank") if not cfg.data.is_testbed or cfg.rank.ranker != "gold" else ()
+    return ("seed", "testbed", "data", "model", *real)
+
+
+def _eval_sets(layout: Layout, cfg: Config) -> list[Path]:
+    return [layout.eval_prompts(split) for split in eval_split_names(cfg)]
+
+
+def _benchmark_outs(layout: Layout, cfg: Config, i: int) -> list[Path]:
+    return [layout.benchmark_outputs(i), *([layout.alpaca_eval(i)] if cfg.benchmark.alpaca_eval else [])]
 
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
-    Stage("prepare", _prepare, ("seed", "testbed", "model"), ("tasks/prepare.py", *_TESTBED),
+    Stage("prepare", _prepare, _prepare_params,
+          ("tasks/prepare.py", "prompt_data.py", *_MODEL, *_TESTBED),
           deps=lambda layout, cfg, i: [],
           outs=lambda layout, cfg, i: [layout.data], per_iteration=False),
-    Stage("sft", _sft, ("seed", "model", "sft"), ("tasks/sft.py", "models/policy.py"),
-          deps=lambda layout, cfg, i: [layout.sft_data, layout.base_model],
+    Stage("sft", _sft, ("seed", "model", "sft"), ("tasks/sft.py", "models/policy.py", "models/training.py"),
+          deps=lambda layout, cfg, i: [layout.sft_data, *base_model_deps(cfg, layout)],
           outs=lambda layout, cfg, i: [layout.policy(0), layout.train_log(0)], per_iteration=False),
-    Stage("sample", _sample, ("seed", "sample"), ("tasks/sample.py", *_MODEL),
-          deps=lambda layout, cfg, i: [layout.sample_prompts(i, cfg.evolve.enabled), layout.policy(i - 1)],
+    Stage("sample", _sample, ("seed", "sample", "model"), ("tasks/sample.py", *_MODEL),
+          deps=lambda layout, cfg, i: [layout.sample_prompts(i, cfg.evolve.enabled), *policy_deps(cfg, layout, i - 1)],
           outs=lambda layout, cfg, i: [layout.prompts(i), layout.samples(i)]),
-    Stage("rank", _rank, ("rank",), ("tasks/rank.py", "models/rankers.py", "testbed/scorer.py"),
-          deps=lambda layout, cfg, i: [layout.prompts(i), layout.samples(i)],
+    Stage("rank", _rank, ("rank", "model"), ("tasks/rank.py", *_RANKERS),
+          deps=lambda layout, cfg, i: [layout.prompts(i), layout.samples(i), *ranker_deps(cfg, layout)],
           outs=lambda layout, cfg, i: [layout.scores(i), layout.pairs(i), layout.rank_stats(i)]),
     Stage("evolve", _evolve, ("seed", "evolve", "sample", "model"),
           ("tasks/evolve.py", "creator.py", "models/llm_evolver.py", "testbed/evolution.py", "testbed/data.py",
            "testbed/world.py", "testbed/scorer.py", *_MODEL),
           deps=lambda layout, cfg, i: [*(layout.prompts(k) for k in range(1, i + 1)), layout.scores(i),
-                                       *(layout.eval_prompts(s) for s in EVAL_SPLITS), layout.policy(i - 1),
+                                       *_eval_sets(layout, cfg), *policy_deps(cfg, layout, i - 1),
                                        *_evolver_deps(layout, cfg, i)],
           outs=lambda layout, cfg, i: [layout.next_prompts(i), layout.evolve_stats(i)]),
     Stage("cfn", _cfn, ("seed", "cfn", "sample", "model"),
           ("tasks/cfn.py", "models/cfn.py", "models/exploration.py", "models/logprobs.py", *_MODEL),
-          deps=lambda layout, cfg, i: [layout.samples(i), layout.pairs(i), layout.policy(i - 1),
+          deps=lambda layout, cfg, i: [layout.samples(i), layout.pairs(i), *policy_deps(cfg, layout, i - 1),
                                        *_previous_buffer(layout, cfg, i)],
           outs=lambda layout, cfg, i: [layout.cfn(i)]),
-    Stage("optimize", _optimize, ("seed", "optimize"),
-          ("tasks/optimize.py", "models/losses.py", "models/logprobs.py", "models/exploration.py", *_MODEL),
-          deps=lambda layout, cfg, i: [layout.pairs(i), layout.policy(i - 1), *_reference_deps(layout, cfg, i),
-                                       *_bonus_deps(layout, cfg, i)],
+    Stage("optimize", _optimize, ("seed", "optimize", "model"),
+          ("tasks/optimize.py", "models/objective.py", "models/losses.py", "models/exploration.py", *_TRAINING,
+           *_MODEL),
+          deps=lambda layout, cfg, i: [layout.pairs(i), *policy_deps(cfg, layout, i - 1),
+                                       *_reference_deps(layout, cfg, i), *_bonus_deps(layout, cfg, i)],
           outs=lambda layout, cfg, i: [layout.policy(i), layout.train_log(i)]),
-    Stage("benchmark", _benchmark, ("seed", "benchmark"),
-          ("tasks/benchmark.py", "models/logprobs.py", "testbed/scorer.py", *_MODEL),
-          deps=lambda layout, cfg, i: [layout.policy(i), *(layout.eval_prompts(s) for s in EVAL_SPLITS),
-                                       *([layout.benchmark_outputs(0)] if i > 0 else [])],
-          outs=lambda layout, cfg, i: [layout.benchmark_outputs(i)],
+    Stage("benchmark", _benchmark, ("seed", "benchmark", "rank", "model"),
+          ("tasks/benchmark.py", "models/logprobs.py", "models/losses.py", *_RANKERS, *_MODEL),
+          deps=lambda layout, cfg, i: [*policy_deps(cfg, layout, i), *_eval_sets(layout, cfg),
+                                       *([layout.benchmark_outputs(0), *policy_deps(cfg, layout, 0)] if i > 0 else []),
+                                       *ranker_deps(cfg, layout)],
+          outs=_benchmark_outs,
           metrics=lambda layout, cfg, i: [layout.metrics(i)]),
     Stage("report", _report, ("iterations",), ("tasks/report.py",),
-          deps=lambda layout, cfg, i: [p for k in range(cfg.iterations + 1)
-                                       for p in (layout.metrics(k), layout.train_log(k))]
+          deps=lambda layout, cfg, i: [layout.metrics(k) for k in range(cfg.iterations + 1)]
+          + [layout.train_log(k) for k in range(0 if cfg.sft.enabled else 1, cfg.iterations + 1)]
           + [layout.rank_stats(k) for k in range(1, cfg.iterations + 1)],
           outs=lambda layout, cfg, i: [layout.iterations_table],
           per_iteration=False),
 )}
 
+
 def iteration_stages(cfg: Config, iteration: int) -> tuple[str, ...]:
     """The stages of one iteration, in order. `evolve` writes the next iteration's prompts, so the last iteration
     has none (growing the run adds it)."""
-    if iteration == 0:
-        return ("sft", "benchmark")
+    if iteration == 0:  # without SFT, policy 0 is the base model itself
+        return ("sft", "benchmark") if cfg.sft.enabled else ("benchmark",)
     evolve = ("evolve",) if cfg.evolve.enabled and iteration < cfg.iterations else ()
     cfn = ("cfn",) if cfg.optimize.exploration == "copo" else ()
     return ("sample", "rank", *evolve, *cfn, "optimize", "benchmark")

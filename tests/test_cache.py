@@ -309,12 +309,12 @@ def test_key_changes_when_the_stage_code_list_changes(tmp_path):
 def test_code_version_hashes_module_contents(tmp_path, monkeypatch):
     """Point the package directory at a fake package: editing a helper module changes the version."""
     package = tmp_path / "pkg"
-    for module in ("io.py", "paths.py", "tasks/fake.py", "models/helper.py"):
+    for module in ("io.py", "paths.py", "model_source.py", "tasks/fake.py", "models/helper.py"):
         touch(package / module, f"# {module}\n")
     monkeypatch.setattr(stages, "PACKAGE_DIR", package)
     stage = dataclasses.replace(STAGES["rank"], name="fake", code=("tasks/fake.py", "models/helper.py"))
-    assert stage.code_paths() == [package / "io.py", package / "paths.py", package / "tasks/fake.py",
-                                  package / "models/helper.py"]
+    assert stage.code_paths() == [package / "io.py", package / "paths.py", package / "model_source.py",
+                                  package / "tasks/fake.py", package / "models/helper.py"]
     first = code_version(stage)
     assert code_version(stage) == first
 

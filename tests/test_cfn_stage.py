@@ -13,6 +13,8 @@ from alignloop.paths import Layout
 from alignloop.tasks import optimize
 from alignloop.tasks.cfn import load_buffer, run_cfn
 from alignloop.testbed.model import create_base_model
+from token_helpers import response_ids
+from transformers import AutoTokenizer
 
 TINY = {"model": {"n_layer": 1, "n_embd": 32, "n_head": 2},
         "cfn": {"steps": 1500, "batch_size": 32},
@@ -31,12 +33,15 @@ def _iteration(layout: Layout, iteration: int, small_testbed_data, frequent_visi
     """Samples: FREQUENT `frequent_visits` times, RARE once, and 12 other prompts' answers once each."""
     others = [(row["prompt"], row["answer"]) for row in small_testbed_data["train_prompts"][12 * iteration:][:12]]
     visits = [FREQUENT] * frequent_visits + [RARE] + others
+    tokenizer = AutoTokenizer.from_pretrained(layout.policy(0))
     write_jsonl(layout.samples(iteration), [{"prompt_id": f"p{k}", "sample_index": 0, "prompt": p, "response": r,
-                                             "finished": True} for k, (p, r) in enumerate(visits)])
+                                             "response_ids": response_ids(tokenizer, r, True), "finished": True}
+                                            for k, (p, r) in enumerate(visits)])
     # each pair's chosen response is the first sample row holding it, as the rank stage records it
     first_row = {"frequent": 0, "rare": frequent_visits, **{f"o{k}": frequent_visits + 1 + k for k in range(12)}}
     write_jsonl(layout.pairs(iteration), [
         {"pair_id": name, "prompt_id": f"p{first_row[name]}", "prompt": p, "chosen": r, "rejected": r[::-1] + "x",
+         "chosen_ids": response_ids(tokenizer, r, True), "rejected_ids": response_ids(tokenizer, r[::-1] + "x", True),
          "chosen_finished": True, "rejected_finished": True, "chosen_score": 0.85, "rejected_score": 0.2,
          "chosen_index": 0, "rejected_index": 1}
         for name, (p, r) in (("frequent", FREQUENT), ("rare", RARE), *((f"o{k}", o) for k, o in enumerate(others)))])

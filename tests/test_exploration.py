@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from alignloop.config import ModelConfig
 from alignloop.models.cfn import CFNHead, ReplayBuffer, bonuses, train_cfn
 from alignloop.models.exploration import copo_term, last_token_features
-from alignloop.models.logprobs import tokenize_response
+from token_helpers import tokenize_text
 from alignloop.models.losses import LOSSES, LossParams, PairBatch
 from alignloop.models.policy import load_policy
 from alignloop.testbed.model import create_base_model
@@ -81,9 +81,9 @@ def test_features_are_the_last_real_token_of_each_sequence(model_dir):
     rows = [("reverse: ab", "ba", True), ("sort, then uppercase: zyx123", "123XYZ ✓", True),
             ("reverse: ab", "b", False), ("reverse: ab", "ba", True),  # a repeat, and a third response of one prompt
             ("reverse: cd", "dc and then a much longer tail", True), ("reverse: ab", "abcdefghijklmnop", True)]
-    seqs = [tokenize_response(tokenizer, *row, 96) for row in rows]
+    seqs = [tokenize_text(tokenizer, *row, 96) for row in rows]
     prompt_length = len(seqs[0].prompt_ids)
-    seqs.append(tokenize_response(tokenizer, "reverse: ab", "ba", True, prompt_length))  # response cut away entirely
+    seqs.append(tokenize_text(tokenizer, "reverse: ab", "ba", True, prompt_length))  # response cut away entirely
     assert seqs[-1].response_ids == []
     expected = torch.stack([full_forward_feature(model, seq) for seq in seqs])
     for batch_size in (1, 2, 256):  # prompts shared or not, response lengths bucketed with padding or not
@@ -95,7 +95,7 @@ def test_features_are_the_last_real_token_of_each_sequence(model_dir):
 
 def test_a_response_seen_20_times_gets_a_lower_bonus_than_one_seen_once(model_dir, tmp_path):
     model, tokenizer = load_policy(model_dir, ModelConfig(), torch.device("cpu"))
-    seqs = [tokenize_response(tokenizer, f"reverse: {text}", text[::-1], True, 96)
+    seqs = [tokenize_text(tokenizer, f"reverse: {text}", text[::-1], True, 96)
             for text in ("ab1", "q9z", "kk2m", "x7", "pq", "m3n4")]
     features = last_token_features(model, seqs, tokenizer.pad_token_id)
     frequent, rare = features[0], features[1]

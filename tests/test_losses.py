@@ -14,7 +14,7 @@ from alignloop.models.logprobs import (
     mean_token_entropy,
     sequence_logps,
     token_logps,
-    tokenize_response,
+    tokenize_ids,
 )
 from alignloop.models.losses import dpo_loss, nll_anchor
 
@@ -175,13 +175,14 @@ def test_mean_token_entropy_over_response_positions():
     assert entropy[0].item() == pytest.approx(2 * math.log(8) / 3, rel=1e-5)
 
 
-def test_tokenize_response(tokenizer):
+def test_tokenize_ids_keeps_the_sampled_ids(tokenizer):
     prompt_ids = list(tokenizer.apply_chat_template([{"role": "user", "content": "sort cab"}], tokenize=True,
                                                     add_generation_prompt=True, return_dict=False))
-    finished = tokenize_response(tokenizer, "sort cab", "abc", finished=True, max_length=96)
-    assert finished.prompt_ids == prompt_ids
-    assert finished.response_ids == tokenizer.encode("abc", add_special_tokens=False) + [tokenizer.eos_token_id]
-    unfinished = tokenize_response(tokenizer, "sort cab", "abc", finished=False, max_length=96)
-    assert unfinished.response_ids == tokenizer.encode("abc", add_special_tokens=False)
-    cut = tokenize_response(tokenizer, "sort cab", "abc", finished=True, max_length=len(prompt_ids) + 2)
-    assert cut.response_ids == tokenizer.encode("ab", add_special_tokens=False)
+    sampled = tokenizer.encode("abc", add_special_tokens=False) + [tokenizer.eos_token_id]
+    (row,) = tokenize_ids(tokenizer, [("sort cab", sampled)], max_length=96)
+    assert row.prompt_ids == prompt_ids and row.response_ids == sampled
+    # Sampling keeps prompt + response within max_length: a longer pair is an error, unless cutting is asked for.
+    with pytest.raises(ValueError, match="exceed model.max_length"):
+        tokenize_ids(tokenizer, [("sort cab", sampled)], max_length=len(prompt_ids) + 2)
+    (cut,) = tokenize_ids(tokenizer, [("sort cab", sampled)], max_length=len(prompt_ids) + 2, cut=True)
+    assert cut.response_ids == sampled[:2]

@@ -13,6 +13,7 @@ from alignloop.models.losses import LOSSES
 from alignloop.paths import Layout
 from alignloop.tasks import optimize
 from alignloop.testbed.model import create_base_model
+from token_helpers import response_ids
 
 TINY = {"model": {"n_layer": 1, "n_embd": 32, "n_head": 2, "max_length": 160},  # room for Sr's quality prompt
         "optimize": {"batch_size": 4, "epochs": 2, "learning_rate": 1e-3, "warmup_ratio": 0.0}}
@@ -26,13 +27,18 @@ def sft_dir(tmp_path_factory):
 
 
 def _project(tmp_path, sft_dir, small_testbed_data) -> Layout:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(sft_dir)
     layout = Layout(tmp_path)
     layout.policy(0).parent.mkdir(parents=True)
     layout.policy(0).symlink_to(sft_dir, target_is_directory=True)
     rows = []
     for index, prompt in enumerate(small_testbed_data["train_prompts"][:8]):
-        rows.append({"pair_id": f"p{index}", "prompt": prompt["prompt"], "chosen": prompt["answer"],
-                     "chosen_finished": True, "rejected": prompt["answer"][::-1] + "xyz",
+        chosen, rejected = prompt["answer"], prompt["answer"][::-1] + "xyz"
+        rows.append({"pair_id": f"p{index}", "prompt": prompt["prompt"], "chosen": chosen,
+                     "chosen_ids": response_ids(tokenizer, chosen, True), "chosen_finished": True,
+                     "rejected": rejected, "rejected_ids": response_ids(tokenizer, rejected, index % 2 == 0),
                      "rejected_finished": index % 2 == 0, "chosen_score": 0.85, "rejected_score": 0.1})
     write_jsonl(layout.pairs(1), rows)
     return layout
@@ -56,7 +62,8 @@ def test_every_loss_trains_and_loads_only_what_it_needs(loss, tmp_path, sft_dir,
     assert log["loss"] == loss and log["pairs"] == 8 and log["steps"] == 4
     assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in log["history"])
     spec = LOSSES[loss]
-    assert len(loaded) == (2 if spec.needs_reference else 1)  # SimPO never loads a reference model
+    # The starting policy is the reference: only TDPO, which reads it per batch, loads a frozen copy.
+    assert len(loaded) == (2 if spec.needs_kl else 1)
     metrics = log["final"]
     assert ("kl_chosen" in metrics) == spec.needs_kl
     assert ("refinement_margin" in metrics) == spec.needs_refinement
@@ -76,10 +83,10 @@ def test_every_loss_trains_and_loads_only_what_it_needs(loss, tmp_path, sft_dir,
 
 def _needs(layout: Layout, tokenizer) -> list[int]:
     """Prompt + longest response tokens of each pair, without the quality prompt."""
-    from alignloop.models.logprobs import tokenize_response
+    from token_helpers import tokenize_text
 
     return [max(len(t.prompt_ids) + len(t.response_ids)
-                for t in (tokenize_response(tokenizer, row["prompt"], row[side], row[f"{side}_finished"], 10_000)
+                for t in (tokenize_text(tokenizer, row["prompt"], row[side], row[f"{side}_finished"], 10_000)
                           for side in ("chosen", "rejected")))
             for row in read_jsonl(layout.pairs(1))]
 
@@ -117,9 +124,13 @@ def test_unfit_pairs_have_zero_prompted_margin():
         def forward(self, input_ids, attention_mask):
             return type("Out", (), {"logits": torch.zeros(*input_ids.shape, 5)})()
 
+    from alignloop.models.objective import Forward, PromptedMargin, ReferenceSums
+
     pair = (Tokenized([1, 2], [3, 4]), Tokenized([1, 2], [3]))
     fits = torch.tensor([True, False])
-    margin = optimize.prompted_margin(Constant(), [pair, pair], [0, 1], 0,
-                                      (torch.tensor([-1.0, -1.0]), torch.tensor([-3.0, -3.0])), fits)
+    provider = PromptedMargin([pair, pair], ReferenceSums(torch.tensor([-1.0, -1.0]), torch.tensor([-3.0, -3.0])),
+                              fits, 0, Constant())
+    fwd = Forward([0, 1], {}, torch.zeros(4, 1), torch.zeros(4, 1), None)
+    margin = provider.fields(fwd)["prompted_margin"]
     # log p = log(1/5) per token: chosen −2·log 5 + 1, rejected −log 5 + 3, so h = −log 5 − 2 where it fits.
     assert margin.tolist() == pytest.approx([-torch.log(torch.tensor(5.0)).item() - 2, 0.0])

@@ -10,16 +10,15 @@ from alignloop.paths import Layout
 from alignloop.tasks.rank import best_vs_worst, build_pairs, run_rank
 
 
-def _samples(prompt_id: str, responses: list[str]) -> list[dict]:
-    return [{"prompt_id": prompt_id, "sample_index": index, "response": response, "finished": index % 2 == 0}
+def _samples(prompt_id: str, responses: list[str], finished=lambda index: index % 2 == 0) -> list[dict]:
+    return [{"prompt_id": prompt_id, "sample_index": index, "response": response,
+             "response_ids": [ord(c) for c in response], "finished": finished(index)}
             for index, response in enumerate(responses)]
 
 
 def test_best_vs_worst_picks_max_and_min():
     samples = _samples("p", ["a", "b", "c", "d"])
-    chosen, rejected = best_vs_worst(samples, [0.2, 0.9, 0.1, 0.5])
-    assert chosen["sample_index"] == 1
-    assert rejected["sample_index"] == 2
+    assert best_vs_worst(samples, [0.2, 0.9, 0.1, 0.5]) == (1, 2)
 
 
 def test_best_vs_worst_all_tied_is_none():
@@ -29,11 +28,8 @@ def test_best_vs_worst_all_tied_is_none():
 
 def test_best_vs_worst_first_index_on_ties():
     samples = _samples("p", ["a", "b", "c", "d", "e"])
-    chosen, rejected = best_vs_worst(samples, [0.3, 0.9, 0.1, 0.9, 0.1])
-    assert chosen["sample_index"] == 1  # 1 and 3 tie for best
-    assert rejected["sample_index"] == 2  # 2 and 4 tie for worst
-    chosen, rejected = best_vs_worst(samples, [1.0, 1.0, 1.0, 1.0, 0.0])
-    assert (chosen["sample_index"], rejected["sample_index"]) == (0, 4)
+    assert best_vs_worst(samples, [0.3, 0.9, 0.1, 0.9, 0.1]) == (1, 2)  # 1 and 3 tie for best, 2 and 4 for worst
+    assert best_vs_worst(samples, [1.0, 1.0, 1.0, 1.0, 0.0]) == (0, 4)
 
 
 def test_build_pairs_on_three_prompts():
@@ -50,13 +46,14 @@ def test_build_pairs_on_three_prompts():
         "p2": [0.85, 0.85, 0.85, 0.85],
         "p3": [0.425, 0.75, 0.85, 0.0],
     }
-    pairs, dropped = build_pairs(prompts, samples_by_prompt, scores_by_prompt)
-    assert dropped == 1
+    pairs, dropped = build_pairs(prompts, samples_by_prompt, scores_by_prompt, drop_unfinished=False)
+    assert dropped == {"all_tied": 1, "unfinished": 0}
     assert len(pairs) == 2
     first, second = pairs
     assert first == {
         "pair_id": "p1-3-2", "prompt_id": "p1", "prompt": "reverse abc",
         "chosen": "cba ✓", "rejected": "abc ✓",
+        "chosen_ids": [ord(c) for c in "cba ✓"], "rejected_ids": [ord(c) for c in "abc ✓"],
         "chosen_finished": False, "rejected_finished": True,
         "chosen_score": 1.0, "rejected_score": 0.2,
         "chosen_index": 3, "rejected_index": 2,
@@ -64,17 +61,32 @@ def test_build_pairs_on_three_prompts():
     assert second == {
         "pair_id": "p3-2-3", "prompt_id": "p3", "prompt": "uppercase ab",
         "chosen": "AB", "rejected": "ab",
+        "chosen_ids": [65, 66], "rejected_ids": [97, 98],
         "chosen_finished": True, "rejected_finished": False,
         "chosen_score": 0.85, "rejected_score": 0.0,
         "chosen_index": 2, "rejected_index": 3,
     }
+    # By default responses cut by max_new_tokens (odd indices here) are never paired: p1 pairs its finished 0 and
+    # 2 (0.85 vs 0.2), and p3 keeps only 0 and 2 (0.425 vs 0.85).
+    pairs, dropped = build_pairs(prompts, samples_by_prompt, scores_by_prompt)
+    assert dropped == {"all_tied": 1, "unfinished": 0}
+    assert [(p["pair_id"], p["chosen_score"], p["rejected_score"]) for p in pairs] == [
+        ("p1-0-2", 0.85, 0.2), ("p3-2-0", 0.85, 0.425)]
+    assert all(p["chosen_finished"] and p["rejected_finished"] for p in pairs)
+
+
+def test_a_prompt_with_fewer_than_two_finished_responses_is_dropped_and_counted():
+    prompts = [{"prompt_id": "p", "prompt": "x"}]
+    samples = {"p": _samples("p", ["a", "b", "c"], finished=lambda index: index == 1)}
+    pairs, dropped = build_pairs(prompts, samples, {"p": [0.1, 0.5, 0.9]})
+    assert pairs == [] and dropped == {"all_tied": 0, "unfinished": 1}
 
 
 def test_run_rank_with_gold_scorer(tmp_path):
     layout = Layout(tmp_path)
     prompts = [{"prompt_id": "p1", "prompt": "reverse abc", "answer": "cba"},
                {"prompt_id": "p2", "prompt": "sort cab", "answer": "abc"}]
-    samples = _samples("p1", ["cba", "cbx", "cba ✓", "xyz"]) + _samples("p2", ["abc"] * 4)
+    samples = _samples("p1", ["cba", "cbx", "cba ✓", "xyz"], lambda k: True) + _samples("p2", ["abc"] * 4)
     write_jsonl(layout.prompts(1), prompts)
     write_jsonl(layout.samples(1), reversed(samples))  # file order must not matter
     run_rank(parse_config({}), layout, 1)
@@ -93,6 +105,7 @@ def test_run_rank_with_gold_scorer(tmp_path):
 
     stats = read_json(layout.rank_stats(1))
     assert stats["prompts"] == 2 and stats["pairs"] == 1 and stats["dropped_all_tied"] == 1
+    assert stats["dropped_unfinished"] == 0 and stats["unfinished_responses"] == 2
     assert stats["mean_sample_score"] == pytest.approx((sum(p1_scores) + 4 * 0.85) / 8)
     assert stats["mean_chosen_score"] == pytest.approx(1.0)
     assert stats["mean_rejected_score"] == pytest.approx(0.0)

@@ -115,6 +115,8 @@ def finish_benchmark(layout: Layout, iteration: int, cfg: Config | None = None) 
     layout.iteration(iteration).mkdir(parents=True, exist_ok=True)
     layout.benchmark_outputs(iteration).write_text(f'{{"iteration": {iteration}}}\n')
     layout.metrics(iteration).write_text(f'{{"in_distribution/greedy_gold": 0.{iteration}}}\n')
+    layout.alpaca_eval(iteration).mkdir(exist_ok=True)
+    (layout.alpaca_eval(iteration) / "in_distribution.json").write_text("[]\n")
     write_stamp(STAGES["benchmark"], cfg or Config(), layout, iteration, f"any-key-{iteration}")
 
 

@@ -158,10 +158,12 @@ def test_write_stamp_refuses_an_empty_model_directory(tmp_path):
 def test_write_stamp_refuses_missing_metrics(tmp_path):
     layout, cfg, benchmark = Layout(tmp_path), Config(), STAGES["benchmark"]
     touch(layout.benchmark_outputs(1), b"{}\n")
+    touch(layout.alpaca_eval(1) / "in_distribution.json", b"[]\n")
     with pytest.raises(RuntimeError, match="benchmark-1"):
         write_stamp(benchmark, cfg, layout, 1, "k")
     touch(layout.metrics(1), b"{}")
     assert set(write_stamp(benchmark, cfg, layout, 1, "k")) == {"artifacts/iter-1/benchmark_outputs.jsonl",
+                                                                "artifacts/iter-1/alpaca_eval",
                                                                 "artifacts/iter-1/metrics.json"}
 
 
@@ -215,14 +217,16 @@ def write_rank_inputs(layout: Layout, data: dict[str, list[dict]], count: int = 
     for row in prompts:
         responses = [row["answer"], "zzz wrong", row["answer"] + " ✓", ""]
         samples += [{"prompt_id": row["prompt_id"], "sample_index": index, "prompt": row["prompt"],
-                     "response": response, "num_tokens": len(response) + 1, "finished": bool(response),
+                     "response": response, "response_ids": [ord(c) for c in response],
+                     "num_tokens": len(response) + 1, "finished": bool(response),
                      "seed": 1000 + index, "policy": "sft-test"}
                     for index, response in enumerate(responses)]
     # one prompt whose responses all tie: it yields no pair
     tied = {**data["train_prompts"][count], "iteration": 1}
     prompts.append(tied)
     samples += [{"prompt_id": tied["prompt_id"], "sample_index": index, "prompt": tied["prompt"],
-                 "response": tied["answer"], "num_tokens": 3, "finished": True, "seed": 7, "policy": "sft-test"}
+                 "response": tied["answer"], "response_ids": [1, 2, 3], "num_tokens": 3, "finished": True, "seed": 7,
+                 "policy": "sft-test"}
                 for index in range(4)]
     write_jsonl(layout.prompts(1), prompts)
     write_jsonl(layout.samples(1), reversed(samples))  # rank sorts by sample_index itself

@@ -1,7 +1,8 @@
 """Batched sampling with Hugging Face `generate`: chat-formatted prompts, left padding, an attention mask.
 
 Prompts are grouped by token length (about 2× faster than padding mixed lengths) and each batch draws from its own
-seed, recorded with every response it produced.
+seed, recorded with every response it produced. A response is kept as the token ids the model produced (up to and
+including the first stop token): decoding and re-encoding is not exact for BPE tokenizers, so training reads the ids.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from alignloop.models.policy import stop_token_ids
 from alignloop.progress import progress
 
 
@@ -21,10 +23,14 @@ class PromptTooLongError(ValueError):
 
 @dataclass(frozen=True)
 class Generation:
-    text: str
-    num_tokens: int  # response tokens, EOS included when it was produced
-    finished: bool  # ended with EOS (not cut by max_new_tokens)
+    text: str  # decoded without special tokens (for rankers and people)
+    token_ids: tuple[int, ...]  # what the model produced, the stop token included when there was one
+    finished: bool  # ended with a stop token (not cut by max_new_tokens)
     seed: int  # the seed of the batch that produced it (-1 for greedy)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
 
 
 def derive_seed(*parts: object) -> int:
@@ -47,24 +53,34 @@ def check_prompt_lengths(lengths: list[int], ids: list[str], max_positions: int,
             f"(e.g. prompt {pid}: {n} tokens); shorten them or raise model.max_length")
 
 
-def max_positions_of(model: PreTrainedModel) -> int:
-    return getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
+def max_positions_of(model: PreTrainedModel, max_length: int | None = None) -> int:
+    """Positions a prompt + response may use: the model's limit, capped by `model.max_length` when given."""
+    positions = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
+    return min(positions, max_length) if max_length else positions
+
+
+def cut_at_stop(tokens: list[int], stop_ids: set[int]) -> tuple[list[int], bool]:
+    """The tokens up to and including the first stop token, and whether there was one."""
+    for position, token in enumerate(tokens):
+        if token in stop_ids:
+            return tokens[: position + 1], True
+    return tokens, False
 
 
 @torch.no_grad()
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *,
              num_samples: int = 1, greedy: bool = False, temperature: float = 1.0, top_p: float = 1.0,
              max_new_tokens: int = 32, batch_size: int = 256, seed: int = 0, prompt_ids: list[str] | None = None,
-             description: str = "sampling") -> list[list[Generation]]:
-    """`num_samples` responses for each prompt, in prompt order."""
+             max_length: int | None = None, description: str = "sampling") -> list[list[Generation]]:
+    """`num_samples` responses for each prompt, in prompt order; prompt + response stay within `max_length`."""
     model.eval()
     encoded = [prompt_token_ids(tokenizer, prompt) for prompt in prompts]
-    max_positions = max_positions_of(model)
+    max_positions = max_positions_of(model, max_length)
     check_prompt_lengths([len(e) for e in encoded], prompt_ids or [str(i) for i in range(len(prompts))],
                          max_positions)
     order = sorted(range(len(prompts)), key=lambda index: (len(encoded[index]), index))
     results: list[list[Generation]] = [[] for _ in prompts]
-    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    stop_ids, pad_id = stop_token_ids(model, tokenizer), tokenizer.pad_token_id
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     for batch_index, batch in enumerate(progress(batches, description)):
         width = max(len(encoded[index]) for index in batch)
@@ -80,13 +96,12 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
             input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
             do_sample=not greedy, temperature=None if greedy else temperature, top_p=None if greedy else top_p,
             top_k=None, num_return_sequences=1 if greedy else num_samples,
-            max_new_tokens=min(max_new_tokens, max_positions - width), pad_token_id=pad_id, eos_token_id=eos_id,
+            max_new_tokens=min(max_new_tokens, max_positions - width), pad_token_id=pad_id, eos_token_id=stop_ids,
         )
         new_tokens = output[:, width:].tolist()
         for seq_index, tokens in enumerate(new_tokens):
             index = batch[seq_index // (1 if greedy else num_samples)]
-            finished = eos_id in tokens
-            tokens = tokens[: tokens.index(eos_id) + 1] if finished else tokens
+            tokens, finished = cut_at_stop(tokens, set(stop_ids))
             text = tokenizer.decode(tokens, skip_special_tokens=True)
-            results[index].append(Generation(text=text, num_tokens=len(tokens), finished=finished, seed=batch_seed))
+            results[index].append(Generation(text, tuple(tokens), finished, batch_seed))
     return results

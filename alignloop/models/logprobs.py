@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,26 +20,30 @@ class Tokenized:
     response_ids: list[int]
 
 
-def tokenize_response(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, finished: bool,
-                      max_length: int) -> Tokenized:
-    """Chat-formatted prompt + response, with EOS when the sample produced one; cut to `max_length` tokens."""
-    return tokenize_responses(tokenizer, [(prompt, response, finished)], max_length)[0]
+class SequenceTooLongError(ValueError):
+    pass
 
 
-def tokenize_responses(tokenizer: PreTrainedTokenizerBase, rows: list[tuple[str, str, bool]],
-                       max_length: int) -> list[Tokenized]:
-    """Chat-formatted prompt + response (+ EOS when the sample produced one), cut to `max_length` tokens, for every
-    (prompt, response, finished) row; each distinct prompt is chat-formatted once."""
+def tokenize_ids(tokenizer: PreTrainedTokenizerBase, rows: list[tuple[str, Sequence[int]]], max_length: int,
+                 cut: bool = False) -> list[Tokenized]:
+    """The chat-formatted prompt's ids followed by the response's ids exactly as they were sampled (the stop token
+    included when there was one), for every (prompt, response_ids) row; each distinct prompt is formatted once.
+
+    Sampling keeps prompt + response within `max_length`, so a longer sequence is an error, unless `cut` (the
+    quality-prompted passes of Sr-*, which detect and count cut responses themselves).
+    """
     prompts: dict[str, list[int]] = {}
     out = []
-    for prompt, response, finished in rows:
+    for prompt, response_ids in rows:
         prompt_ids = prompts.get(prompt)
         if prompt_ids is None:
             prompt_ids = prompts[prompt] = prompt_token_ids(tokenizer, prompt)
-        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
-        if finished:
-            response_ids = response_ids + [tokenizer.eos_token_id]
-        out.append(Tokenized(prompt_ids, response_ids[: max(0, max_length - len(prompt_ids))]))
+        room = max(0, max_length - len(prompt_ids))
+        if len(response_ids) > room and not cut:
+            raise SequenceTooLongError(
+                f"a prompt of {len(prompt_ids)} tokens and a response of {len(response_ids)} exceed model.max_length "
+                f"({max_length}); were the samples made with another model.max_length? Re-run sample")
+        out.append(Tokenized(prompt_ids, list(response_ids[:room])))
     return out
 
 

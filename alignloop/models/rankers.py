@@ -1,13 +1,20 @@
-"""Rankers: who scores a response. One interface; the testbed's gold scorer is the first implementation."""
+"""Rankers: who scores a response (and judges benchmarks). One interface, built from config.
+
+`gold` is the testbed's exact graded score; `reward_model` is any one-label sequence classifier
+(models/reward_model.py).
+"""
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from alignloop.config import JUDGE_NAMES, Config
 from alignloop.testbed.scorer import gold_score
 
 
 class Ranker(Protocol):
+    name: str  # names the benchmark's score metrics: greedy_<name>, sampled_<name>
+
     def score(self, prompts: list[dict], responses: list[list[str]]) -> list[list[float]]:
         """A score per response, higher is better; `responses[k]` are the N responses to `prompts[k]`."""
         ...
@@ -15,6 +22,8 @@ class Ranker(Protocol):
 
 class GoldRanker:
     """The testbed's exact graded score; needs each prompt row's `answer`."""
+
+    name = "gold"
 
     def score(self, prompts: list[dict], responses: list[list[str]]) -> list[list[float]]:
         missing = [row["prompt_id"] for row in prompts if "answer" not in row]
@@ -24,4 +33,13 @@ class GoldRanker:
         return [[gold_score(row["answer"], text) for text in texts] for row, texts in zip(prompts, responses)]
 
 
-RANKERS = {"gold": GoldRanker}
+def build_ranker(cfg: Config, reward_model_dir=None) -> Ranker:
+    """The configured ranker; `reward_model_dir` is the resolved `rank.reward_model` (see model_source)."""
+    if cfg.rank.ranker == "gold":
+        return GoldRanker()
+    from alignloop.models.reward_model import RewardModelRanker
+
+    ranker = RewardModelRanker(reward_model_dir, dtype=cfg.model.dtype, device=cfg.model.device,
+                               batch_size=cfg.rank.batch_size, trust_remote_code=cfg.model.trust_remote_code)
+    ranker.name = JUDGE_NAMES["reward_model"]
+    return ranker

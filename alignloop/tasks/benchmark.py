@@ -1,8 +1,11 @@
-"""Stage `benchmark`: the policy after iteration i on every evaluation split.
+"""Stage `benchmark`: the policy after iteration i on every evaluation set.
 
-Per split: mean gold score with greedy decoding and with sampling, exact match, win rate of greedy responses against
-the SFT model's greedy responses (gold judge, ties count half), mean response length in tokens, mean token entropy
-of the sampled responses. Iteration 0 is the SFT model.
+Per set, judged by the run's ranker (`gold` on the testbed, the reward model otherwise): the mean score of greedy
+and of sampled responses (`greedy_<judge>`, `sampled_<judge>`), the win rate of greedy responses against the SFT
+policy's greedy responses (same judge, ties count half), mean response lengths in tokens, the mean token entropy of
+sampled responses, and the KL to the SFT policy on the policy's own samples, mean of log π_i(y|x) − log π_0(y|x).
+On the testbed also exact match. Greedy responses are exported in AlpacaEval's format for external evaluators.
+Iteration 0 is the SFT policy.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ from statistics import mean
 import torch
 
 from alignloop.config import Config
-from alignloop.io import read_jsonl, write_json, write_jsonl
-from alignloop.models.generation import derive_seed, generate
-from alignloop.models.logprobs import collate, mean_token_entropy, to_device, tokenize_response
+from alignloop.io import atomic_path, read_jsonl, write_json, write_jsonl
+from alignloop.model_source import policy_dir, reward_model_dir
+from alignloop.models.generation import Generation, derive_seed, generate
+from alignloop.models.logprobs import collate, to_device, token_logps, tokenize_ids
+from alignloop.models.losses import sequence_sum
 from alignloop.models.policy import load_policy
-from alignloop.paths import EVAL_SPLITS, Layout
-from alignloop.testbed.scorer import exact_match, gold_score
+from alignloop.models.rankers import build_ranker
+from alignloop.paths import Layout, eval_split_names
+from alignloop.testbed.scorer import exact_match
 
 log = logging.getLogger(__name__)
 
@@ -32,62 +38,101 @@ def win_rate(scores: list[float], baseline_scores: list[float]) -> float:
 
 
 @torch.no_grad()
-def sampled_entropy(model, tokenizer, prompts: list[str], responses: list[str], finished: list[bool],
-                    max_length: int, batch_size: int) -> float:
-    """Mean per-token entropy of the policy along its own sampled responses."""
-    values = []
+def sample_statistics(model, reference, tokenizer, prompts: list[str], generations: list[Generation],
+                      max_length: int, batch_size: int) -> tuple[float, float | None]:
+    """Mean per-token entropy of the policy along its own samples, and (with a reference) the mean of
+    S(π, y|x) − S(π_ref, y|x) over them: a Monte Carlo estimate of KL(π ‖ π_ref)."""
+    entropies, log_ratios = [], []
     for start in range(0, len(prompts), batch_size):
-        sequences = [tokenize_response(tokenizer, p, r, f, max_length) for p, r, f in
-                     zip(prompts[start:start + batch_size], responses[start:start + batch_size],
-                         finished[start:start + batch_size])]
-        values.append(mean_token_entropy(model, to_device(collate(sequences, tokenizer.pad_token_id), model.device)))
-    return torch.cat(values).mean().item()
+        sequences = tokenize_ids(tokenizer, [(p, g.token_ids) for p, g in zip(prompts[start:start + batch_size],
+                                                                          generations[start:start + batch_size])],
+                                 max_length)
+        batch = to_device(collate(sequences, tokenizer.pad_token_id), model.device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        log_probs = torch.log_softmax(logits, dim=-1)
+        mask = batch["response_mask"][:, 1:]
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        entropies.append((entropy * mask).sum(-1) / mask.sum(-1).clamp(min=1))
+        if reference is not None:
+            targets = batch["input_ids"][:, 1:, None]
+            policy_sums = sequence_sum(log_probs.gather(-1, targets).squeeze(-1), mask)
+            ref_logits = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            ref_logps, _ = token_logps(ref_logits, batch["input_ids"], batch["response_mask"])
+            log_ratios.append(policy_sums - sequence_sum(ref_logps, mask))
+    entropy = torch.cat(entropies).mean().item()
+    return entropy, (torch.cat(log_ratios).mean().item() if log_ratios else None)
+
+
+def alpaca_eval_rows(rows: list[dict], greedy: list[list[Generation]], generator: str, dataset: str) -> list[dict]:
+    return [{"instruction": row["prompt"], "output": gens[0].text, "generator": generator, "dataset": dataset}
+            for row, gens in zip(rows, greedy)]
 
 
 def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
     bench = cfg.benchmark
-    model, tokenizer = load_policy(layout.policy(iteration), cfg.model)
+    model, tokenizer = load_policy(policy_dir(cfg, layout, iteration), cfg.model)
+    reference = load_policy(policy_dir(cfg, layout, 0), cfg.model, model.device)[0] if iteration else None
+    judge = build_ranker(cfg, reward_model_dir(cfg, layout))
     baseline = {} if iteration == 0 else {
         (row["split"], row["prompt_id"]): row["greedy_score"] for row in read_jsonl(layout.benchmark_outputs(0))}
     metrics: dict[str, float] = {}
     outputs: list[dict] = []
+    exports: dict[str, list[dict]] = {}
     all_scores, all_baseline = [], []
-    for split in EVAL_SPLITS:
+    for split in eval_split_names(cfg):
         rows = read_jsonl(layout.eval_prompts(split))
         prompts, ids = [row["prompt"] for row in rows], [row["prompt_id"] for row in rows]
         greedy = generate(model, tokenizer, prompts, greedy=True, max_new_tokens=bench.max_new_tokens,
-                          batch_size=bench.batch_size, prompt_ids=ids, description=f"benchmark {split} greedy")
+                          batch_size=bench.batch_size, prompt_ids=ids, max_length=cfg.model.max_length,
+                          description=f"benchmark {split} greedy")
         sampled = generate(model, tokenizer, prompts, num_samples=bench.num_samples,
                            temperature=bench.sampled_temperature, max_new_tokens=bench.max_new_tokens,
                            batch_size=bench.batch_size, seed=derive_seed(cfg.seed, "benchmark", split),
-                           prompt_ids=ids, description=f"benchmark {split} sampled")
-        greedy_scores = [gold_score(row["answer"], gens[0].text) for row, gens in zip(rows, greedy)]
-        sampled_scores = [[gold_score(row["answer"], g.text) for g in gens] for row, gens in zip(rows, sampled)]
-        flat_samples = [(row["prompt"], g) for row, gens in zip(rows, sampled) for g in gens]
+                           prompt_ids=ids, max_length=cfg.model.max_length, description=f"benchmark {split} sampled")
+        greedy_scores = [scores[0] for scores in judge.score(rows, [[gens[0].text] for gens in greedy])]
+        sampled_scores = judge.score(rows, [[g.text for g in gens] for gens in sampled])
+        flat_prompts = [row["prompt"] for row, gens in zip(rows, sampled) for _ in gens]
+        flat_samples = [g for gens in sampled for g in gens]
         baseline_scores = [baseline.get((split, pid), score) for pid, score in zip(ids, greedy_scores)]
+        entropy, kl = sample_statistics(model, reference, tokenizer, flat_prompts, flat_samples,
+                                        cfg.model.max_length, bench.batch_size)
         metrics |= {
-            f"{split}/greedy_gold": mean(greedy_scores),
-            f"{split}/sampled_gold": mean(s for scores in sampled_scores for s in scores),
-            f"{split}/greedy_exact_match": mean(exact_match(r["answer"], g[0].text) for r, g in zip(rows, greedy)),
-            f"{split}/sampled_exact_match": mean(exact_match(r["answer"], g.text)
-                                                 for r, gens in zip(rows, sampled) for g in gens),
+            f"{split}/greedy_{judge.name}": mean(greedy_scores),
+            f"{split}/sampled_{judge.name}": mean(s for scores in sampled_scores for s in scores),
             f"{split}/win_rate_vs_sft": win_rate(greedy_scores, baseline_scores),
             f"{split}/greedy_length": mean(g[0].num_tokens for g in greedy),
-            f"{split}/sampled_length": mean(g.num_tokens for _, g in flat_samples),
-            f"{split}/sampled_entropy": sampled_entropy(
-                model, tokenizer, [p for p, _ in flat_samples], [g.text for _, g in flat_samples],
-                [g.finished for _, g in flat_samples], cfg.model.max_length, bench.batch_size),
+            f"{split}/sampled_length": mean(g.num_tokens for g in flat_samples),
+            f"{split}/sampled_entropy": entropy,
+            f"{split}/kl_to_sft": 0.0 if kl is None else kl,
         }
+        if all("answer" in row for row in rows):  # the testbed knows the right answer
+            metrics[f"{split}/greedy_exact_match"] = mean(exact_match(r["answer"], g[0].text)
+                                                          for r, g in zip(rows, greedy))
+            metrics[f"{split}/sampled_exact_match"] = mean(exact_match(r["answer"], g.text)
+                                                           for r, gens in zip(rows, sampled) for g in gens)
         all_scores += greedy_scores
         all_baseline += baseline_scores
-        outputs += [{"split": split, "prompt_id": pid, "prompt": row["prompt"], "answer": row["answer"],
+        outputs += [{"split": split, "prompt_id": pid, "prompt": row["prompt"], **_answer(row),
                      "greedy": gens[0].text, "greedy_score": score,
                      "sampled": [g.text for g in samples], "sampled_scores": s_scores}
                     for pid, row, gens, score, samples, s_scores
                     in zip(ids, rows, greedy, greedy_scores, sampled, sampled_scores)]
+        exports[split] = alpaca_eval_rows(rows, greedy, f"alignloop-iter-{iteration}", split)
     metrics["win_rate_vs_sft"] = win_rate(all_scores, all_baseline)
+    bad = [key for key, value in metrics.items() if not math.isfinite(value)]
+    if bad and any(key.split("/")[-1].startswith(("greedy_", "sampled_")) for key in bad):
+        raise ValueError(f"benchmark iteration {iteration}: non-finite {bad[0]} (the judge or the policy is broken)")
     metrics = {key: (round(value, 6) if math.isfinite(value) else None) for key, value in metrics.items()}
     write_jsonl(layout.benchmark_outputs(iteration), outputs)
+    if bench.alpaca_eval:
+        with atomic_path(layout.alpaca_eval(iteration)) as tmp:
+            tmp.mkdir()
+            for split, rows in exports.items():
+                write_json(tmp / f"{split}.json", rows)
     write_json(layout.metrics(iteration), metrics)
     log.info("benchmark iteration %d: %s", iteration,
-             ", ".join(f"{k}={v}" for k, v in metrics.items() if k.endswith("_gold")))
+             ", ".join(f"{k}={v}" for k, v in metrics.items() if k.endswith(f"_{judge.name}")))
+
+
+def _answer(row: dict) -> dict:
+    return {"answer": row["answer"]} if "answer" in row else {}

@@ -16,10 +16,11 @@ from safetensors.torch import load_file, save_file
 
 from alignloop.config import Config
 from alignloop.io import atomic_path, read_jsonl, write_json, write_jsonl
+from alignloop.model_source import policy_dir
 from alignloop.models.cfn import CFNHead, ReplayBuffer, bonuses, pseudo_counts, train_cfn
 from alignloop.models.exploration import last_token_features
 from alignloop.models.generation import derive_seed, generate
-from alignloop.models.logprobs import tokenize_responses
+from alignloop.models.logprobs import tokenize_ids
 from alignloop.models.policy import load_policy
 from alignloop.paths import Layout
 
@@ -32,36 +33,36 @@ def load_buffer(layout: Layout, iteration: int) -> ReplayBuffer:
     return ReplayBuffer(stored["features"], stored["flips"])
 
 
-def explored_responses(cfg: Config, pairs: list[dict], model, tokenizer, iteration: int) -> list[tuple[str, bool]]:
-    """(response, finished) of y_e for every pair: its chosen response, or the start model's greedy one."""
+def explored_responses(cfg: Config, pairs: list[dict], model, tokenizer, iteration: int
+                       ) -> list[tuple[str, list[int], bool]]:
+    """(text, token ids, finished) of y_e for every pair: its chosen response, or the start model's greedy one."""
     if cfg.cfn.explore == "chosen":
-        return [(row["chosen"], row["chosen_finished"]) for row in pairs]
+        return [(row["chosen"], row["chosen_ids"], row["chosen_finished"]) for row in pairs]
     greedy = generate(model, tokenizer, [row["prompt"] for row in pairs], greedy=True,
                       max_new_tokens=cfg.sample.max_new_tokens, batch_size=cfg.sample.batch_size,
-                      description=f"cfn greedy iter {iteration}")
-    return [(gens[0].text, gens[0].finished) for gens in greedy]
+                      max_length=cfg.model.max_length, description=f"cfn greedy iter {iteration}")
+    return [(gens[0].text, list(gens[0].token_ids), gens[0].finished) for gens in greedy]
 
 
 def run_cfn(cfg: Config, layout: Layout, iteration: int) -> None:
     started = time.perf_counter()
-    model, tokenizer = load_policy(layout.policy(iteration - 1), cfg.model)
+    model, tokenizer = load_policy(policy_dir(cfg, layout, iteration - 1), cfg.model)
     samples, pairs = read_jsonl(layout.samples(iteration)), read_jsonl(layout.pairs(iteration))
     if not samples:
         raise ValueError(f"cfn: {layout.samples(iteration)} has no samples")
 
-    def features_of(rows: list[tuple[str, str, bool]]) -> torch.Tensor:
-        sequences = tokenize_responses(tokenizer, rows, cfg.model.max_length)
+    def features_of(rows: list[tuple[str, list[int]]]) -> torch.Tensor:
+        sequences = tokenize_ids(tokenizer, rows, cfg.model.max_length)
         return last_token_features(model, sequences, tokenizer.pad_token_id, cfg.cfn.feature_batch_size)
 
-    visits = features_of([(row["prompt"], row["response"], row["finished"]) for row in samples])
+    visits = features_of([(row["prompt"], row["response_ids"]) for row in samples])
     features_done = time.perf_counter()
     explored = explored_responses(cfg, pairs, model, tokenizer, iteration)
     if cfg.cfn.explore == "chosen":  # the chosen responses are visits already: reuse their features
         index = {(row["prompt_id"], row["sample_index"]): k for k, row in enumerate(samples)}
         explored_features = visits[[index[(row["prompt_id"], row["chosen_index"])] for row in pairs]]
     else:
-        explored_features = features_of([(row["prompt"], text, finished)
-                                         for row, (text, finished) in zip(pairs, explored)])
+        explored_features = features_of([(row["prompt"], ids) for row, (_, ids, _) in zip(pairs, explored)])
 
     train_started = time.perf_counter()
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "cfn", iteration))
@@ -76,7 +77,7 @@ def run_cfn(cfg: Config, layout: Layout, iteration: int) -> None:
     bonus = bonuses(head, explored_features, cfg.cfn.bonus_exponent)
     counts = pseudo_counts(head, explored_features)
     train_done = time.perf_counter()
-    if not torch.isfinite(bonus).all():
+    if not (torch.isfinite(bonus).all() and torch.isfinite(counts).all()):
         raise ValueError(f"cfn iteration {iteration}: non-finite bonuses; lower cfn.learning_rate")
 
     with atomic_path(layout.cfn(iteration)) as tmp:
@@ -85,9 +86,9 @@ def run_cfn(cfg: Config, layout: Layout, iteration: int) -> None:
                   str(tmp / BUFFER_FILE))
         save_file({name: tensor.contiguous() for name, tensor in head.state_dict().items()}, str(tmp / HEAD_FILE))
         write_jsonl(tmp / "bonuses.jsonl", (
-            {"pair_id": row["pair_id"], "explore_response": text, "explore_finished": finished,
+            {"pair_id": row["pair_id"], "explore_response": text, "explore_ids": ids, "explore_finished": finished,
              "bonus": b, "pseudo_count": n}
-            for row, (text, finished), b, n in zip(pairs, explored, bonus.tolist(), counts.tolist())))
+            for row, (text, ids, finished), b, n in zip(pairs, explored, bonus.tolist(), counts.tolist())))
         stats = {"visits_added": len(visits), "buffer_visits": len(buffer), "pairs": len(pairs),
                  "mean_bonus": bonus.mean().item() if len(bonus) else None,
                  "median_pseudo_count": counts.median().item() if len(counts) else None,

@@ -18,7 +18,8 @@ from alignloop.creator import informativeness, mix, select_seeds, validate
 from alignloop.io import read_jsonl, write_json, write_jsonl
 from alignloop.models.generation import derive_seed, prompt_token_ids
 from alignloop.models.policy import load_policy, load_tokenizer
-from alignloop.paths import EVAL_SPLITS, Layout
+from alignloop.model_source import policy_dir
+from alignloop.paths import Layout, eval_split_names
 from alignloop.testbed.data import task_row
 from alignloop.testbed.evolution import Limits, difficulty, evolve_task, parse_task, task_from_row, unsolvable_reason
 
@@ -76,7 +77,7 @@ def llm_candidates(cfg: Config, layout: Layout, seeds: list[tuple[dict, float]],
                    rng: random.Random) -> tuple[list[dict], Counter]:
     from alignloop.models.llm_evolver import llm_rewrites, plan_rewrites
 
-    source = layout.policy(iteration - 1) if cfg.evolve.llm_model == "policy" else cfg.evolve.llm_model
+    source = policy_dir(cfg, layout, iteration - 1) if cfg.evolve.llm_model == "policy" else cfg.evolve.llm_model
     model, tokenizer = load_policy(source, cfg.model)
     plan = plan_rewrites(len(seeds), cfg.evolve.variants_per_seed, cfg.evolve.in_depth_probability, rng)
     rewrites = llm_rewrites(model, tokenizer, [row["prompt"] for row, _ in seeds], plan,
@@ -100,7 +101,10 @@ def llm_candidates(cfg: Config, layout: Layout, seeds: list[tuple[dict, float]],
 
 
 def solvable_check(cfg: Config) -> Callable[[dict], str | None]:
+    """The gold ranker grades only testbed tasks it can solve; a learned ranker scores any prompt."""
     max_answer = cfg.sample.max_new_tokens - CHECK_AND_EOS
+    if cfg.rank.ranker != "gold":
+        return lambda row: None
 
     def reason(row: dict) -> str | None:
         if "answer" not in row:
@@ -123,9 +127,9 @@ def run_evolve(cfg: Config, layout: Layout, iteration: int) -> None:
         candidates, skipped = testbed_candidates(cfg, seeds, iteration, rng)
     else:
         candidates, skipped = llm_candidates(cfg, layout, seeds, iteration, rng)
-    tokenizer = load_tokenizer(layout.policy(iteration - 1), cfg.model)
+    tokenizer = load_tokenizer(policy_dir(cfg, layout, iteration - 1), cfg.model)
     buffer = buffer_rows(layout, iteration)
-    eval_prompts = {row["prompt"] for split in EVAL_SPLITS for row in read_jsonl(layout.eval_prompts(split))}
+    eval_prompts = {row["prompt"] for split in eval_split_names(cfg) for row in read_jsonl(layout.eval_prompts(split))}
     checked = validate(candidates, buffer_prompts={row["prompt"] for row in buffer}, eval_prompts=eval_prompts,
                        prompt_tokens=lambda text: len(prompt_token_ids(tokenizer, text)),
                        max_prompt_tokens=cfg.model.max_length - cfg.sample.max_new_tokens,

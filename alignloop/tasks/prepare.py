@@ -1,24 +1,67 @@
-"""Stage `prepare`: the testbed's data and untrained model into `data/`."""
+"""Stage `prepare`: everything later stages read, under `data/`, made once.
+
+On the testbed: its generated data and untrained model. With `data.train`: the prompt sets read with `datasets`,
+with stable content-hash ids, duplicates and evaluation prompts (leakage) removed from training, and prompts that
+leave no room to answer within `model.max_length` dropped — each removal counted in `data/prepare_stats.json`.
+Hub models (`model.name_or_path`, `rank.reward_model`) are downloaded here and their local snapshot recorded in
+`data/model.json`, so no later stage needs the network.
+"""
 
 from __future__ import annotations
 
 import logging
 
 from alignloop.config import Config
-from alignloop.io import atomic_path, write_jsonl
+from alignloop.io import atomic_path, write_json, write_jsonl
+from alignloop.model_source import hub_models, local_model_dir, resolve_model
 from alignloop.paths import Layout
-from alignloop.testbed.data import build_testbed_data
-from alignloop.testbed.model import create_base_model
 
 log = logging.getLogger(__name__)
 
 
+def prompt_counter(cfg: Config, layout: Layout, resolved: dict[str, str]):
+    """Tokens of a prompt as the policy sees it (chat-formatted, generation prompt included)."""
+    from alignloop.models.generation import prompt_token_ids
+    from alignloop.models.policy import load_tokenizer
+    from alignloop.testbed.tokenizer import build_tokenizer
+
+    key = "model.name_or_path"
+    if cfg.model.name_or_path == "testbed":
+        tokenizer = build_tokenizer(cfg.model.max_length)
+    else:
+        path = resolved[key] if key in resolved else local_model_dir(cfg.model.name_or_path, layout.root, key)
+        tokenizer = load_tokenizer(path, cfg.model)
+    return lambda text: len(prompt_token_ids(tokenizer, text))
+
+
+def real_data(cfg: Config, layout: Layout, resolved: dict[str, str]) -> tuple[dict[str, list[dict]], dict]:
+    from alignloop.prompt_data import prepare_prompt_sets
+
+    return prepare_prompt_sets(cfg.data, layout.root, prompt_counter(cfg, layout, resolved),
+                               max_train_prompt_tokens=cfg.model.max_length - cfg.sample.max_new_tokens,
+                               max_eval_prompt_tokens=cfg.model.max_length - cfg.benchmark.max_new_tokens)
+
+
 def run_prepare(cfg: Config, layout: Layout) -> None:
-    files = build_testbed_data(cfg.testbed, cfg.seed)
+    resolved = {key: str(resolve_model(name, layout.root, key, download=True))
+                for key, name in hub_models(cfg, layout.root).items()}
     # data/ is one DVC output: build it aside and swap it in whole.
     with atomic_path(layout.data) as staged_data:
+        if resolved:
+            write_json(staged_data / layout.model_record.name, resolved)
+        if cfg.data.is_testbed:
+            from alignloop.testbed.data import build_testbed_data
+
+            files, stats = build_testbed_data(cfg.testbed, cfg.seed), None
+        else:
+            files, stats = real_data(cfg, layout, resolved)
         for name, rows in files.items():
             write_jsonl(staged_data / f"{name}.jsonl", rows)
+        if stats is not None:
+            write_json(staged_data / layout.prepare_stats.name, stats)
         if cfg.model.name_or_path == "testbed":
+            from alignloop.testbed.model import create_base_model
+
             create_base_model(cfg.model, cfg.seed, staged_data / layout.base_model.relative_to(layout.data))
     log.info("prepare: %s", ", ".join(f"{name}={len(rows)}" for name, rows in files.items()))
+

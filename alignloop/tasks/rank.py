@@ -1,46 +1,66 @@
-"""Stage `rank`: score every response and build chosen/rejected pairs (best vs worst, ties dropped)."""
+"""Stage `rank`: score every response and build chosen/rejected pairs (best vs worst, ties dropped).
+
+Responses cut by `sample.max_new_tokens` are scored but, with `rank.drop_unfinished` (the default), never paired:
+a cut response has no ending to prefer or reject, and training on it teaches the model to stop nowhere.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 
 from alignloop.config import Config
 from alignloop.io import read_jsonl, write_json, write_jsonl
-from alignloop.models.rankers import RANKERS
+from alignloop.model_source import reward_model_dir
+from alignloop.models.rankers import build_ranker
 from alignloop.paths import Layout
 
 log = logging.getLogger(__name__)
 
 
-def best_vs_worst(samples: list[dict], scores: list[float]) -> tuple[dict, dict] | None:
-    """(chosen, rejected) = the highest- and lowest-scored responses (first on ties); None when all tie."""
+def best_vs_worst(samples: list[dict], scores: list[float]) -> tuple[int, int] | None:
+    """(chosen, rejected) = positions of the highest- and lowest-scored responses (first on ties); None when all
+    tie or fewer than two."""
+    if len(scores) < 2:
+        return None
     best = max(range(len(scores)), key=lambda k: (scores[k], -k))
     worst = min(range(len(scores)), key=lambda k: (scores[k], k))
     if scores[best] == scores[worst]:
         return None
-    return samples[best], samples[worst]
+    return best, worst
 
 
 def build_pairs(prompts: list[dict], samples_by_prompt: dict[str, list[dict]],
-                scores_by_prompt: dict[str, list[float]]) -> tuple[list[dict], int]:
-    pairs, dropped = [], 0
+                scores_by_prompt: dict[str, list[float]], drop_unfinished: bool = True
+                ) -> tuple[list[dict], dict[str, int]]:
+    """Pairs, and how many prompts were dropped and why."""
+    pairs, dropped = [], {"all_tied": 0, "unfinished": 0}
     for row in prompts:
         samples, scores = samples_by_prompt[row["prompt_id"]], scores_by_prompt[row["prompt_id"]]
-        picked = best_vs_worst(samples, scores)
+        eligible = [k for k, sample in enumerate(samples) if sample["finished"] or not drop_unfinished]
+        picked = best_vs_worst([samples[k] for k in eligible], [scores[k] for k in eligible])
         if picked is None:
-            dropped += 1
+            dropped["all_tied" if len(eligible) >= 2 else "unfinished"] += 1
             continue
-        chosen, rejected = picked
+        chosen_at, rejected_at = eligible[picked[0]], eligible[picked[1]]
+        chosen, rejected = samples[chosen_at], samples[rejected_at]
         pairs.append({
             "pair_id": f"{row['prompt_id']}-{chosen['sample_index']}-{rejected['sample_index']}",
             "prompt_id": row["prompt_id"], "prompt": row["prompt"],
             "chosen": chosen["response"], "rejected": rejected["response"],
+            "chosen_ids": chosen["response_ids"], "rejected_ids": rejected["response_ids"],
             "chosen_finished": chosen["finished"], "rejected_finished": rejected["finished"],
-            "chosen_score": scores[samples.index(chosen)], "rejected_score": scores[samples.index(rejected)],
+            "chosen_score": scores[chosen_at], "rejected_score": scores[rejected_at],
             "chosen_index": chosen["sample_index"], "rejected_index": rejected["sample_index"],
         })
     return pairs, dropped
+
+
+def check_scores(score_lists: list[list[float]], prompts: list[dict], ranker: str) -> None:
+    bad = [row["prompt_id"] for row, scores in zip(prompts, score_lists) if not all(map(math.isfinite, scores))]
+    if bad:
+        raise ValueError(f"rank: ranker {ranker} gave non-finite scores for {len(bad)} prompts (e.g. {bad[0]})")
 
 
 def run_rank(cfg: Config, layout: Layout, iteration: int) -> None:
@@ -50,21 +70,26 @@ def run_rank(cfg: Config, layout: Layout, iteration: int) -> None:
         samples_by_prompt[sample["prompt_id"]].append(sample)
     for group in samples_by_prompt.values():
         group.sort(key=lambda sample: sample["sample_index"])
-    ranker = RANKERS[cfg.rank.ranker]()
+    ranker = build_ranker(cfg, reward_model_dir(cfg, layout))
     score_lists = ranker.score(prompts, [[s["response"] for s in samples_by_prompt[row["prompt_id"]]]
                                         for row in prompts])
+    check_scores(score_lists, prompts, cfg.rank.ranker)
     scores_by_prompt = {row["prompt_id"]: scores for row, scores in zip(prompts, score_lists)}
-    pairs, dropped = build_pairs(prompts, samples_by_prompt, scores_by_prompt)
+    pairs, dropped = build_pairs(prompts, samples_by_prompt, scores_by_prompt, cfg.rank.drop_unfinished)
 
     write_jsonl(layout.scores(iteration), (
         {"prompt_id": row["prompt_id"], "sample_index": index, "score": score, "ranker": cfg.rank.ranker}
         for row, scores in zip(prompts, score_lists) for index, score in enumerate(scores)))
     write_jsonl(layout.pairs(iteration), pairs)
     all_scores = [score for scores in score_lists for score in scores]
-    stats = {"prompts": len(prompts), "pairs": len(pairs), "dropped_all_tied": dropped,
+    unfinished = sum(not s["finished"] for group in samples_by_prompt.values() for s in group)
+    stats = {"prompts": len(prompts), "pairs": len(pairs), "dropped_all_tied": dropped["all_tied"],
+             "dropped_unfinished": dropped["unfinished"], "unfinished_responses": unfinished,
              "mean_sample_score": sum(all_scores) / max(1, len(all_scores)),
              "mean_chosen_score": sum(p["chosen_score"] for p in pairs) / max(1, len(pairs)),
              "mean_rejected_score": sum(p["rejected_score"] for p in pairs) / max(1, len(pairs))}
     write_json(layout.rank_stats(iteration), stats)
-    log.info("rank: %d pairs from %d prompts; %d prompts dropped (all responses tied)",
-             len(pairs), len(prompts), dropped)
+    log.info("rank: %d pairs from %d prompts; dropped %d prompts whose responses all tied and %d with fewer than two "
+             "finished responses (%d responses cut by sample.max_new_tokens%s)", len(pairs), len(prompts),
+             dropped["all_tied"], dropped["unfinished"], unfinished,
+             ", left out of pairs" if cfg.rank.drop_unfinished else "")

@@ -5,12 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from alignloop.config import Config
+from alignloop.config import JUDGE_NAMES, Config
 from alignloop.io import read_json, write_json
-from alignloop.paths import Layout
+from alignloop.paths import Layout, eval_split_names
 
-TABLE_COLUMNS = ("in_distribution/greedy_gold", "in_distribution/sampled_gold", "harder/greedy_gold",
-                 "unseen_composition/greedy_gold", "in_distribution/sampled_entropy", "win_rate_vs_sft")
+def table_columns(cfg: Config) -> tuple[str, ...]:
+    """The headline metrics: the first evaluation set's greedy and sampled scores, every other set's greedy score,
+    the first set's sampled entropy, and the overall win rate against SFT."""
+    first, *others = eval_split_names(cfg)
+    judge = JUDGE_NAMES[cfg.rank.ranker]
+    return (f"{first}/greedy_{judge}", f"{first}/sampled_{judge}", *(f"{s}/greedy_{judge}" for s in others),
+            f"{first}/sampled_entropy", "win_rate_vs_sft")
 
 
 def _optional_json(path: Path) -> dict[str, Any]:
@@ -41,12 +46,12 @@ def run_report(cfg: Config, layout: Layout) -> list[dict[str, Any]]:
     return rows
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
+def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     header = ["iter", *(column.replace("in_distribution", "in_dist").replace("unseen_composition", "unseen")
-                        for column in TABLE_COLUMNS)]
+                        for column in columns)]
     lines = [" | ".join(header)]
     for row in rows:
-        values = [row["metrics"].get(column) for column in TABLE_COLUMNS]
+        values = [row["metrics"].get(column) for column in columns]
         lines.append(" | ".join([str(row["iteration"]).rjust(len(header[0])),
                                  *(("-" if v is None else f"{v:.3f}").rjust(len(h))
                                    for v, h in zip(values, header[1:]))]))

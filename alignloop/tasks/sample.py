@@ -7,6 +7,7 @@ import logging
 from alignloop.config import Config
 from alignloop.io import read_jsonl, write_jsonl
 from alignloop.models.generation import derive_seed, generate
+from alignloop.model_source import policy_dir
 from alignloop.models.policy import load_policy, policy_hash
 from alignloop.paths import Layout
 
@@ -34,18 +35,19 @@ def iteration_prompts(cfg: Config, layout: Layout, iteration: int) -> list[dict]
 
 def run_sample(cfg: Config, layout: Layout, iteration: int) -> None:
     prompts = [{**row, "iteration": iteration} for row in iteration_prompts(cfg, layout, iteration)]
-    policy_dir = layout.policy(iteration - 1)
-    model, tokenizer = load_policy(policy_dir, cfg.model)
-    producer = policy_hash(policy_dir)
+    source = policy_dir(cfg, layout, iteration - 1)
+    model, tokenizer = load_policy(source, cfg.model)
+    producer = policy_hash(source)
     seed = derive_seed(cfg.seed, "sample", iteration)
     generations = generate(
         model, tokenizer, [row["prompt"] for row in prompts], num_samples=cfg.sample.num_samples,
         temperature=cfg.sample.temperature, top_p=cfg.sample.top_p, max_new_tokens=cfg.sample.max_new_tokens,
         batch_size=cfg.sample.batch_size, seed=seed, prompt_ids=[row["prompt_id"] for row in prompts],
-        description=f"sample iter {iteration}")
+        max_length=cfg.model.max_length, description=f"sample iter {iteration}")
     rows = [
         {"prompt_id": row["prompt_id"], "sample_index": index, "prompt": row["prompt"], "response": gen.text,
-         "num_tokens": gen.num_tokens, "finished": gen.finished, "seed": gen.seed, "policy": producer}
+         "response_ids": list(gen.token_ids), "num_tokens": gen.num_tokens, "finished": gen.finished,
+         "seed": gen.seed, "policy": producer}
         for row, gens in zip(prompts, generations) for index, gen in enumerate(gens)
     ]
     write_jsonl(layout.prompts(iteration), prompts)

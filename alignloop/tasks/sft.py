@@ -1,17 +1,23 @@
-"""Stage `sft`: supervised fine-tuning on the demonstrations, with TRL's SFTTrainer (loss on the response only)."""
+"""Stage `sft`: supervised fine-tuning on the demonstrations, with TRL's SFTTrainer (loss on the response only).
+
+With `sft.lora` TRL trains an adapter (its `peft_config`), merged into the saved model. With `sft.enabled: false`
+this stage is not in the plan: policy 0 is the base model itself.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from pathlib import Path
 
-import torch
 from datasets import Dataset
 
 from alignloop.config import Config
-from alignloop.io import atomic_path, read_jsonl, write_json
+from alignloop.io import read_jsonl, write_json
+from alignloop.model_source import base_model_dir
 from alignloop.models.policy import load_policy, resolve_device
+from alignloop.models.training import peft_config, save_policy
 from alignloop.paths import Layout
 
 log = logging.getLogger(__name__)
@@ -29,15 +35,9 @@ def run_sft(cfg: Config, layout: Layout) -> Path:
     from trl import SFTConfig, SFTTrainer  # heavy import, only here
 
     out_dir = layout.policy(0)
-    start = layout.base_model if cfg.model.name_or_path == "testbed" else Path(cfg.model.name_or_path)
     if not cfg.sft.enabled:
-        model, tokenizer = load_policy(start, cfg.model, torch.device("cpu"))
-        with atomic_path(out_dir) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-        write_json(layout.train_log(0), {"skipped": True})
-        return out_dir
-
+        raise ValueError("sft.enabled is false: policy 0 is the base model itself, there is nothing to train")
+    start = base_model_dir(cfg, layout)
     rows = read_jsonl(layout.sft_data)
     if not rows:
         raise ValueError(f"{layout.sft_data}: no demonstrations")
@@ -57,9 +57,9 @@ def run_sft(cfg: Config, layout: Layout) -> Path:
         completion_only_loss=True,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        bf16=False,
+        bf16=cfg.model.dtype == "bfloat16",
         fp16=False,
-        activation_checkpointing=False,
+        activation_checkpointing=cfg.model.gradient_checkpointing,
         use_cpu=device.type == "cpu",
         save_strategy="no",
         report_to="none",
@@ -68,13 +68,15 @@ def run_sft(cfg: Config, layout: Layout) -> Path:
         dataloader_num_workers=0,
         dataset_num_proc=None,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(rows), processing_class=tokenizer)
+    peft = peft_config(cfg.sft.lora) if cfg.sft.lora is not None else None
+    trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(rows), processing_class=tokenizer,
+                         peft_config=peft)
     result = trainer.train()
-    model.eval()
-    with atomic_path(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
+    if not math.isfinite(result.training_loss) or any(not math.isfinite(entry["loss"]) for entry in history):
+        raise FloatingPointError(f"sft: the training loss became non-finite (final {result.training_loss}); nothing "
+                                 "was saved. Lower sft.learning_rate")
+    save_policy(trainer.model, tokenizer, out_dir, "sft")
     write_json(layout.train_log(0), {"train_loss": result.training_loss, "steps": result.global_step,
                                                "history": history})
     shutil.rmtree(work_dir, ignore_errors=True)

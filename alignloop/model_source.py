@@ -1,0 +1,121 @@
+"""Where a run's models live: the testbed's base model, a local directory, or a hub id resolved once.
+
+A hub id is downloaded by `prepare` only (into the Hugging Face cache) and recorded in `data/model.json`; every later
+stage reads the recorded directory, so a run never depends on the network after `prepare`. With `sft.enabled: false`
+the base model itself is policy 0, used in place (never copied or converted).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alignloop.config import Config, ConfigError
+from alignloop.io import read_json
+from alignloop.paths import Layout
+
+# What a policy or reward model needs from a hub repository (no pickled weights, no other formats).
+MODEL_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken")
+
+
+class ModelSourceError(ConfigError):
+    """A model that cannot be found or used, phrased as one line naming the params key."""
+
+
+def is_local(name_or_path: str, root: Path) -> bool:
+    """A path (absolute, relative, or existing) rather than a hub id like `org/name`."""
+    path = Path(name_or_path)
+    return (path.is_absolute() or name_or_path.startswith(".") or (root / path).exists()
+            or name_or_path.count("/") != 1)
+
+
+def local_model_dir(name_or_path: str, root: Path, key: str) -> Path:
+    """An existing model directory (config.json inside), resolved against the project root."""
+    path = Path(name_or_path)
+    path = (path if path.is_absolute() else root / path).resolve()
+    if not path.is_dir():
+        raise ModelSourceError(f"{key}: {name_or_path}: no such directory (nor a hub id of the form org/name)")
+    if not (path / "config.json").is_file():
+        raise ModelSourceError(f"{key}: {path} holds no config.json; point it at a saved Hugging Face model")
+    return path
+
+
+def resolve_model(name_or_path: str, root: Path, key: str, download: bool) -> Path:
+    """The local directory of a model: the path itself, or the hub snapshot (downloaded only when `download`)."""
+    if is_local(name_or_path, root):
+        return local_model_dir(name_or_path, root, key)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name_or_path, allow_patterns=list(MODEL_FILES),
+                                      local_files_only=not download))
+    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, gated: one line either way
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelSourceError(f"{key}: could not {'download' if download else 'find'} hub model "
+                               f"{name_or_path!r} ({reason})") from None
+
+
+def hub_models(cfg: Config, root: Path) -> dict[str, str]:
+    """params key → hub id of every model of the run that comes from the hub (prepare downloads these)."""
+    named = {"model.name_or_path": cfg.model.name_or_path}
+    if cfg.rank.ranker == "reward_model" and cfg.rank.reward_model:
+        named["rank.reward_model"] = cfg.rank.reward_model
+    return {key: value for key, value in named.items() if value != "testbed" and not is_local(value, root)}
+
+
+def model_dir(name_or_path: str, key: str, layout: Layout) -> Path:
+    """The local directory of a configured model: the path itself, or the snapshot prepare recorded."""
+    if is_local(name_or_path, layout.root):
+        return local_model_dir(name_or_path, layout.root, key)
+    if not layout.model_record.is_file():
+        raise FileNotFoundError(f"{layout.model_record}: missing (run the prepare stage first; it downloads "
+                                f"{name_or_path})")
+    return Path(read_json(layout.model_record)[key])
+
+
+def model_deps(name_or_path: str, key: str, layout: Layout) -> list[Path]:
+    """What a stage reading this model depends on: its directory, or for a hub model the record of its snapshot
+    (a snapshot is immutable, and its directory is unknown before prepare downloads it)."""
+    if not is_local(name_or_path, layout.root):
+        return [layout.model_record]
+    try:
+        return [local_model_dir(name_or_path, layout.root, key)]
+    except ModelSourceError:
+        return [layout.root / name_or_path]  # the preflight check reports it before any stage runs
+
+
+def base_model_dir(cfg: Config, layout: Layout) -> Path:
+    """The model SFT starts from (and policy 0 without SFT)."""
+    if cfg.model.name_or_path == "testbed":
+        return layout.base_model
+    return model_dir(cfg.model.name_or_path, "model.name_or_path", layout)
+
+
+def base_model_deps(cfg: Config, layout: Layout) -> list[Path]:
+    if cfg.model.name_or_path == "testbed":
+        return [layout.base_model]
+    return model_deps(cfg.model.name_or_path, "model.name_or_path", layout)
+
+
+def reward_model_dir(cfg: Config, layout: Layout) -> Path | None:
+    if cfg.rank.ranker != "reward_model":
+        return None
+    return model_dir(cfg.rank.reward_model, "rank.reward_model", layout)
+
+
+def ranker_deps(cfg: Config, layout: Layout) -> list[Path]:
+    if cfg.rank.ranker != "reward_model":
+        return []
+    return model_deps(cfg.rank.reward_model, "rank.reward_model", layout)
+
+
+def policy_dir(cfg: Config, layout: Layout, iteration: int) -> Path:
+    """The model after `iteration`; policy 0 is the SFT model, or the base model itself when SFT is off."""
+    if iteration == 0 and not cfg.sft.enabled:
+        return base_model_dir(cfg, layout)
+    return layout.policy(iteration)
+
+
+def policy_deps(cfg: Config, layout: Layout, iteration: int) -> list[Path]:
+    if iteration == 0 and not cfg.sft.enabled:
+        return base_model_deps(cfg, layout)
+    return [layout.policy(iteration)]
