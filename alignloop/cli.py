@@ -27,8 +27,9 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def _setup(params: Path) -> tuple[Config, Path]:
-    """Validate params before any work: a bad key stops here with exit code 2."""
+def _setup(params: Path, check_files: bool = False) -> tuple[Config, Path]:
+    """Validate params before any work: a bad key stops here with exit code 2, and with `check_files` so does a
+    model, reward model or prompt file that cannot be used (alignloop/preflight.py)."""
     root = params.resolve().parent
     from alignloop import environment
 
@@ -36,7 +37,12 @@ def _setup(params: Path) -> tuple[Config, Path]:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alignloop").setLevel(logging.INFO)
     try:
-        return load_config(params), root
+        cfg = load_config(params)
+        if check_files:
+            from alignloop.preflight import preflight
+
+            preflight(cfg, root)
+        return cfg, root
     except ConfigError as exc:
         _fail(str(exc), 2)
         raise  # unreachable
@@ -49,7 +55,7 @@ def run(params: Path = PARAMS_OPTION) -> None:
     Run it again to resume: stages whose inputs, params and code are unchanged and whose outputs are intact finish
     as Cached; only what is missing or out of date runs. Raise `iterations` in params.yaml to grow a finished run.
     """
-    cfg, root = _setup(params)
+    cfg, root = _setup(params, check_files=True)
     from alignloop.flows.pipeline import StageError, pipeline_flow
     from alignloop.io import write_json
     from alignloop.paths import Layout
@@ -59,7 +65,8 @@ def run(params: Path = PARAMS_OPTION) -> None:
     try:
         summary = pipeline_flow(params_path=str(params.resolve()), root=str(root))
     except StageError as exc:
-        _fail(str(exc), 1)
+        cause = exc.__cause__
+        _fail(str(cause) if isinstance(cause, ConfigError) else str(exc), 2 if isinstance(cause, ConfigError) else 1)
     except ConfigError as exc:
         _fail(str(exc), 2)
     finally:
@@ -128,7 +135,8 @@ def stage(name: str = typer.Argument(
           iteration: int = typer.Option(0, "--iteration", "-i", help="The iteration (0 is SFT)."),
           params: Path = PARAMS_OPTION) -> None:
     """Run one stage on its own (what `dvc repro` calls)."""
-    cfg, root = _setup(params)
+    cfg, root = _setup(params, check_files=name == "prepare")
+    from alignloop.models.policy import ModelLoadError
     from alignloop.paths import Layout
     from alignloop.stages import STAGES, run_stage
 
@@ -136,7 +144,9 @@ def stage(name: str = typer.Argument(
         _fail(f"unknown stage {name!r}; stages are {', '.join(STAGES)}", 2)
     try:
         run_stage(name, cfg, Layout(root), iteration)
-    except _USER_ERRORS as exc:
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    except (*_USER_ERRORS, ModelLoadError, FloatingPointError) as exc:
         _fail(f"stage {name} (iteration {iteration}): {exc}", 1)
 
 
@@ -152,6 +162,19 @@ def report(params: Path = PARAMS_OPTION) -> None:
     except FileNotFoundError as exc:
         _fail(f"{exc} (has every iteration been benchmarked?)", 1)
     typer.echo(format_table(rows, table_columns(cfg)))
+
+
+@app.command()
+def fixture(out_dir: Path = typer.Argument(..., help="Directory to build it in (created)."),
+            seed: int = typer.Option(0, help="Seed of the weights, tokenizer corpus and prompts.")) -> None:
+    """Build a small real-architecture setup to try the own-model path on a CPU in minutes: a Qwen2-style chat
+    model with a byte-level BPE tokenizer (its end-of-turn token is not EOS), a one-label reward model with a chat
+    template of its own, and UltraFeedback-style Parquet prompts (presets/own_model.yaml runs on it)."""
+    from alignloop.fixture import build_fixture
+
+    built = build_fixture(out_dir, seed=seed)
+    for name in ("policy", "reward_model", "train_prompts", "eval_prompts", "sft_data"):
+        typer.echo(f"{name}: {getattr(built, name)}")
 
 
 @app.command("dvc-yaml")

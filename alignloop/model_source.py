@@ -24,8 +24,8 @@ class ModelSourceError(ConfigError):
 def is_local(name_or_path: str, root: Path) -> bool:
     """A path (absolute, relative, or existing) rather than a hub id like `org/name`."""
     path = Path(name_or_path)
-    return (path.is_absolute() or name_or_path.startswith(".") or (root / path).exists()
-            or name_or_path.count("/") != 1)
+    return (path.is_absolute() or name_or_path.startswith((".", "~")) or (root / path).exists()
+            or (root / path.parts[0]).is_dir() or name_or_path.count("/") != 1)
 
 
 def local_model_dir(name_or_path: str, root: Path, key: str) -> Path:

@@ -54,8 +54,9 @@ def sample_table(layout: Layout, iteration: int, rows: int = TABLE_ROWS) -> dict
     """A few rows to eyeball: prompt / chosen / rejected with scores, or SFT's greedy answers for iteration 0."""
     if iteration == 0:
         outputs = read_jsonl(layout.benchmark_outputs(0))[:rows]
-        return {"prompt": [r["prompt"] for r in outputs], "answer": [r["answer"] for r in outputs],
-                "greedy": [r["greedy"] for r in outputs], "greedy_score": [r["greedy_score"] for r in outputs]}
+        columns = ("prompt", "answer", "greedy", "greedy_score") if all("answer" in r for r in outputs) else (
+            "prompt", "greedy", "greedy_score")  # only the testbed knows answers
+        return {key: [r[key] for r in outputs] for key in columns}
     pairs = read_jsonl(layout.pairs(iteration))[:rows]
     return {key: [pair[key] for pair in pairs]
             for key in ("prompt", "chosen", "chosen_score", "rejected", "rejected_score")}

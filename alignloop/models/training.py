@@ -30,13 +30,16 @@ def peft_config(lora: LoraConfig, task_type: str = "CAUSAL_LM"):
                           target_modules=lora.target_modules, task_type=task_type)
 
 
-def with_lora(model: PreTrainedModel, lora: LoraConfig | None) -> PreTrainedModel:
-    """The model wrapped with a fresh adapter (only its weights train), or the model itself."""
+def with_lora(model: PreTrainedModel, lora: LoraConfig | None, seed: int) -> PreTrainedModel:
+    """The model wrapped with a fresh adapter (only its weights train), or the model itself. The adapter's random
+    init draws from `seed` alone, so a resumed run builds the same adapter whatever ran before it in the process."""
     if lora is None:
         return model
     from peft import get_peft_model
 
-    return get_peft_model(model, peft_config(lora))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, peft_config(lora))
 
 
 def is_peft(model) -> bool:
@@ -59,8 +62,13 @@ def adapter_disabled(model):
 
 
 def enable_gradient_checkpointing(model) -> None:
-    causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    causal_lm(model).config.use_cache = False  # a cache is useless while training and conflicts with recompute
+    inner = causal_lm(model)
+    kwargs = {"use_reentrant": False}
+    if hasattr(inner, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name warns
+        inner.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    inner.config.use_cache = False  # a cache is useless while training and conflicts with recompute
 
 
 def autocast(device: torch.device, name: str):

@@ -174,7 +174,7 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
 
     # 1) tokens, 2) the policy, 3) the objective
     pairs = tokenize_pairs(pairs_rows, tokenizer, cfg.model.max_length)
-    policy = with_lora(policy, opt.lora)
+    policy = with_lora(policy, opt.lora, derive_seed(cfg.seed, "lora", iteration))
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
     terms, extra = build_terms(cfg, layout, iteration, pairs_rows, pairs, policy, tokenizer)

@@ -31,6 +31,7 @@ def prompt_counter(cfg: Config, layout: Layout, resolved: dict[str, str]):
     else:
         path = resolved[key] if key in resolved else local_model_dir(cfg.model.name_or_path, layout.root, key)
         tokenizer = load_tokenizer(path, cfg.model)
+    tokenizer.model_max_length = 1 << 60  # counting over-long prompts is the point: no "longer than" warning
     return lambda text: len(prompt_token_ids(tokenizer, text))
 
 

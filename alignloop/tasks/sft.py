@@ -11,6 +11,7 @@ import math
 import shutil
 from pathlib import Path
 
+import torch
 from datasets import Dataset
 
 from alignloop.config import Config
@@ -69,6 +70,8 @@ def run_sft(cfg: Config, layout: Layout) -> Path:
         dataset_num_proc=None,
     )
     peft = peft_config(cfg.sft.lora) if cfg.sft.lora is not None else None
+    if peft is not None:
+        torch.manual_seed(cfg.seed)  # the adapter's init happens before the Trainer seeds itself
     trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(rows), processing_class=tokenizer,
                          peft_config=peft)
     result = trainer.train()

@@ -1,0 +1,79 @@
+"""Checks that need the files a run names but no work: every one fails with a `ConfigError` naming its key, so a run
+with a missing model, a model without a chat template, a reward model that is not a one-label classifier, or a
+prompt file or column that does not exist stops before any stage starts (exit code 2).
+
+Hub models and dataset names are checked by `prepare`, the only stage that may use the network.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alignloop.config import Config, ConfigError
+from alignloop.model_source import is_local, local_model_dir
+
+
+def check_policy(cfg: Config, root: Path) -> None:
+    name = cfg.model.name_or_path
+    if name == "testbed" or not is_local(name, root):
+        return
+    path = local_model_dir(name, root, "model.name_or_path")
+    from transformers import AutoTokenizer
+
+    from alignloop.models.policy import ModelLoadError, check_tokenizer
+
+    try:
+        check_tokenizer(AutoTokenizer.from_pretrained(str(path), trust_remote_code=cfg.model.trust_remote_code), path)
+    except ModelLoadError as exc:
+        raise ConfigError(f"model.name_or_path: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model.name_or_path: {path}: no loadable tokenizer ({str(exc).splitlines()[0]})") from None
+
+
+def check_ranker(cfg: Config, root: Path) -> None:
+    if cfg.rank.ranker != "reward_model" or not is_local(cfg.rank.reward_model, root):
+        return
+    from alignloop.models.reward_model import check_reward_model
+
+    path = Path(cfg.rank.reward_model)
+    check_reward_model(path if path.is_absolute() else root / path, "rank.reward_model")
+
+
+def _is_local_file(path: str, root: Path) -> bool:
+    from alignloop.prompt_data import BUILDERS
+
+    candidate = Path(path).expanduser()
+    candidate = candidate if candidate.is_absolute() else root / candidate
+    return candidate.suffix in BUILDERS or candidate.exists()
+
+
+def check_prompt_files(cfg: Config, root: Path) -> None:
+    """Local prompt sets are read and filtered exactly as prepare will (missing files or columns, a set left empty
+    by filtering), unless prepare already ran with these params and files: a resumed run does not read them again."""
+    if cfg.data.is_testbed:
+        return
+    sets = [cfg.data.train, cfg.data.sft, *cfg.data.eval.values()]
+    hub_model = cfg.model.name_or_path != "testbed" and not is_local(cfg.model.name_or_path, root)
+    if hub_model or not all(spec is None or _is_local_file(spec.path, root) for spec in sets):
+        return  # a dataset name or a hub model: only prepare may download them
+    from alignloop import cache
+    from alignloop.paths import Layout
+    from alignloop.stages import STAGES
+    from alignloop.tasks.prepare import real_data
+
+    layout, prepare = Layout(root), STAGES["prepare"]
+    if cache.is_fresh(prepare, cfg, layout, 0, cache.cache_key(prepare, cfg, layout, 0)):
+        return
+    quiet = logging.getLogger("alignloop.prompt_data")
+    level, quiet.level = quiet.level, logging.WARNING  # prepare logs the counts when it runs
+    try:
+        real_data(cfg, layout, resolved={})
+    finally:
+        quiet.setLevel(level)
+
+
+def preflight(cfg: Config, root: Path) -> None:
+    check_policy(cfg, root)
+    check_ranker(cfg, root)
+    check_prompt_files(cfg, root)
