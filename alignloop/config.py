@@ -122,16 +122,19 @@ class SampleConfig(Section):
 
 
 # The name each ranker gives the benchmark's score metrics (greedy_<name>, sampled_<name>).
-JUDGE_NAMES = {"gold": "gold", "reward_model": "reward"}
+JUDGE_NAMES = {"gold": "gold", "reward_model": "reward", "pairrm": "pairrm"}
 
 
 class RankConfig(Section):
-    ranker: Literal["gold", "reward_model"] = "gold"
-    """Who scores responses (and judges benchmarks): `gold`, the testbed's exact scorer (needs testbed prompts), or
-    `reward_model`, a sequence classifier with one label (`rank.reward_model`)."""
+    ranker: Literal["gold", "reward_model", "pairrm"] = "gold"
+    """Who scores responses (and judges benchmarks): `gold`, the testbed's exact scorer (needs testbed prompts),
+    `reward_model`, a sequence classifier with one label (`rank.reward_model`), or `pairrm`, the pairwise ranker
+    (`rank.pairrm`): each response's score is its mean preference over the others, both orders compared."""
     reward_model: str | None = None
     """`ranker: reward_model`: a local directory or hub id of an AutoModelForSequenceClassification with one label
     and a chat template of its own."""
+    pairrm: str | None = None
+    """`ranker: pairrm`: a local directory or hub id of a PairRM checkpoint in the `llm-blender/PairRM-hf` format."""
     batch_size: int = Field(32, ge=1)
     """Responses per reward-model forward pass (grouped by length)."""
     drop_unfinished: bool = True
@@ -143,6 +146,8 @@ class RankConfig(Section):
     def _reward_model_given(self) -> RankConfig:
         if self.ranker == "reward_model" and not self.reward_model:
             raise ValueError("reward_model: required when ranker is reward_model (a directory or hub id)")
+        if self.ranker == "pairrm" and not self.pairrm:
+            raise ValueError("pairrm: required when ranker is pairrm (a directory or hub id, e.g. llm-blender/PairRM-hf)")
         return self
 
 

@@ -57,8 +57,9 @@ def resolve_model(name_or_path: str, root: Path, key: str, download: bool) -> Pa
 def hub_models(cfg: Config, root: Path) -> dict[str, str]:
     """params key → hub id of every model of the run that comes from the hub (prepare downloads these)."""
     named = {"model.name_or_path": cfg.model.name_or_path}
-    if cfg.rank.ranker == "reward_model" and cfg.rank.reward_model:
-        named["rank.reward_model"] = cfg.rank.reward_model
+    ranker = ranker_model(cfg)
+    if ranker is not None:
+        named[ranker[0]] = ranker[1]
     return {key: value for key, value in named.items() if value != "testbed" and not is_local(value, root)}
 
 
@@ -73,14 +74,13 @@ def model_dir(name_or_path: str, key: str, layout: Layout) -> Path:
 
 
 def model_deps(name_or_path: str, key: str, layout: Layout) -> list[Path]:
-    """What a stage reading this model depends on: its directory, or for a hub model the record of its snapshot
-    (a snapshot is immutable, and its directory is unknown before prepare downloads it)."""
+    """What a stage reading this model depends on: its directory (relative to the project when given so, which keeps
+    dvc.yaml portable), or for a hub model the record of its snapshot (a snapshot is immutable, and its directory is
+    unknown before prepare downloads it)."""
     if not is_local(name_or_path, layout.root):
         return [layout.model_record]
-    try:
-        return [local_model_dir(name_or_path, layout.root, key)]
-    except ModelSourceError:
-        return [layout.root / name_or_path]  # the preflight check reports it before any stage runs
+    path = Path(name_or_path).expanduser()
+    return [path if path.is_absolute() else layout.root / path]
 
 
 def base_model_dir(cfg: Config, layout: Layout) -> Path:
@@ -96,16 +96,22 @@ def base_model_deps(cfg: Config, layout: Layout) -> list[Path]:
     return model_deps(cfg.model.name_or_path, "model.name_or_path", layout)
 
 
-def reward_model_dir(cfg: Config, layout: Layout) -> Path | None:
-    if cfg.rank.ranker != "reward_model":
+def ranker_model(cfg: Config) -> tuple[str, str] | None:
+    """(params key, directory or hub id) of the ranker's model; None for the gold scorer."""
+    if cfg.rank.ranker == "gold":
         return None
-    return model_dir(cfg.rank.reward_model, "rank.reward_model", layout)
+    key = f"rank.{cfg.rank.ranker}"
+    return key, getattr(cfg.rank, cfg.rank.ranker)
+
+
+def ranker_model_dir(cfg: Config, layout: Layout) -> Path | None:
+    named = ranker_model(cfg)
+    return None if named is None else model_dir(named[1], named[0], layout)
 
 
 def ranker_deps(cfg: Config, layout: Layout) -> list[Path]:
-    if cfg.rank.ranker != "reward_model":
-        return []
-    return model_deps(cfg.rank.reward_model, "rank.reward_model", layout)
+    named = ranker_model(cfg)
+    return [] if named is None else model_deps(named[1], named[0], layout)
 
 
 def policy_dir(cfg: Config, layout: Layout, iteration: int) -> Path:

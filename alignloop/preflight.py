@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from alignloop.config import Config, ConfigError
-from alignloop.model_source import is_local, local_model_dir
+from alignloop.model_source import is_local, local_model_dir, ranker_model
 
 
 def check_policy(cfg: Config, root: Path) -> None:
@@ -32,12 +32,19 @@ def check_policy(cfg: Config, root: Path) -> None:
 
 
 def check_ranker(cfg: Config, root: Path) -> None:
-    if cfg.rank.ranker != "reward_model" or not is_local(cfg.rank.reward_model, root):
+    named = ranker_model(cfg)
+    if named is None or not is_local(named[1], root):
         return
-    from alignloop.models.reward_model import check_reward_model
+    key, path = named[0], Path(named[1])
+    path = path if path.is_absolute() else root / path
+    if cfg.rank.ranker == "pairrm":
+        from alignloop.models.pairrm import check_pairrm
 
-    path = Path(cfg.rank.reward_model)
-    check_reward_model(path if path.is_absolute() else root / path, "rank.reward_model")
+        check_pairrm(path, key)
+    else:
+        from alignloop.models.reward_model import check_reward_model
+
+        check_reward_model(path, key)
 
 
 def _is_local_file(path: str, root: Path) -> bool:

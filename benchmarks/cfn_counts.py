@@ -52,10 +52,10 @@ def main() -> None:
     head, untrained = load_head(cfn_dir / "head.safetensors")
     current = features[len(features) - len(samples):]  # this iteration's visits come last, in sample order
 
-    first: dict[tuple[str, str], int] = {}
-    repeats: dict[tuple[str, str], int] = {}
+    first: dict[tuple[str, tuple[int, ...]], int] = {}
+    repeats: dict[tuple[str, tuple[int, ...]], int] = {}
     for k, row in enumerate(samples):
-        key = (row["prompt"], row["response"])
+        key = (row["prompt"], tuple(row["response_ids"]))  # the ids are the visit: its features come from them
         first.setdefault(key, k)
         repeats[key] = repeats.get(key, 0) + 1
     index = torch.tensor(list(first.values()))

@@ -20,15 +20,25 @@ from pathlib import Path
 import torch
 
 
-def make_pairs(count: int, seed: int) -> list[dict]:
+def response_ids(tokenizer, text: str) -> list[int]:
+    """The ids a policy writing `text` and then stopping would have sampled (what pair rows carry)."""
+    return tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
+
+
+def make_pairs(count: int, seed: int, tokenizer) -> list[dict]:
     from alignloop.config import TestbedConfig
     from alignloop.testbed.data import build_testbed_data
 
     prompts = build_testbed_data(TestbedConfig(sft_examples=10, prompt_pool_size=count, eval_size=10),
                                  seed)["train_prompts"]
-    return [{"pair_id": f"p{k}", "prompt": row["prompt"], "chosen": row["answer"], "chosen_finished": True,
-             "rejected": row["answer"][::-1] + "!", "rejected_finished": True, "chosen_score": 0.85,
-             "rejected_score": 0.2} for k, row in enumerate(prompts[:count])]
+    pairs = []
+    for k, row in enumerate(prompts[:count]):
+        chosen, rejected = row["answer"], row["answer"][::-1] + "!"
+        pairs.append({"pair_id": f"p{k}", "prompt": row["prompt"], "chosen": chosen, "rejected": rejected,
+                      "chosen_ids": response_ids(tokenizer, chosen), "rejected_ids": response_ids(tokenizer, rejected),
+                      "chosen_finished": True, "rejected_finished": True, "chosen_score": 0.85,
+                      "rejected_score": 0.2})
+    return pairs
 
 
 def run_ours(root: Path, sft_dir: Path, pairs: list[dict], batch_size: int, epochs: float) -> float:
@@ -84,13 +94,14 @@ def main() -> None:
     args = parser.parse_args()
 
     from alignloop.config import ModelConfig
+    from alignloop.models.policy import load_tokenizer
     from alignloop.testbed.model import create_base_model
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         sft_dir = create_base_model(ModelConfig(), 0, root / "sft")
-        pairs = make_pairs(args.pairs, 0)
+        pairs = make_pairs(args.pairs, 0, load_tokenizer(sft_dir, ModelConfig()))
         times: dict[str, list[float]] = {"alignloop": [], "trl": []}
         for repeat in range(args.repeats):  # alternate, so slow spells of the machine hit both
             times["alignloop"].append(run_ours(root / f"ours-{repeat}", sft_dir, pairs, args.batch_size, args.epochs))

@@ -9,7 +9,8 @@ so each further loss costs only its optimize stages and what follows them.
 Columns (policy after the last iteration, in_distribution split unless named): greedy and sampled gold score,
 harder / unseen greedy gold, token entropy of samples, distinct-2 of sampled responses (distinct character bigrams /
 all bigrams; the testbed tokenizer is character-level), KL to the SFT model estimated on the policy's own samples
-(mean of log π(y|x) − log π_SFT(y|x) per response), and the optimize stages' seconds.
+(mean of log π(y|x) − log π_SFT(y|x) per response, on the sampled token ids: the benchmark stage's
+`<split>/kl_to_sft`), and the optimize stages' seconds.
 """
 
 from __future__ import annotations
@@ -29,30 +30,6 @@ def distinct_2(responses: list[str]) -> float:
     return len(set(bigrams)) / max(1, len(bigrams))
 
 
-def kl_to_sft(workdir: Path, iteration: int, split: str = "in_distribution") -> float:
-    import torch
-
-    from alignloop.config import load_config
-    from alignloop.io import read_jsonl
-    from alignloop.models.logprobs import collate, sequence_logps, tokenize_response
-    from alignloop.models.policy import load_policy
-    from alignloop.paths import Layout
-
-    cfg, layout = load_config(workdir / "params.yaml"), Layout(workdir)
-    rows = [row for row in read_jsonl(layout.benchmark_outputs(iteration)) if row["split"] == split]
-    policy, tokenizer = load_policy(layout.policy(iteration), cfg.model, torch.device("cpu"))
-    sft, _ = load_policy(layout.policy(0), cfg.model, torch.device("cpu"))
-    # Samples that hit max_new_tokens have no EOS; counting one for all biases every loss alike.
-    sequences = [tokenize_response(tokenizer, row["prompt"], text, True, cfg.model.max_length)
-                 for row in rows for text in row["sampled"]]
-    gaps = []
-    with torch.no_grad():
-        for start in range(0, len(sequences), 256):
-            batch = collate(sequences[start:start + 256], tokenizer.pad_token_id)
-            gaps.append(sequence_logps(policy, batch)[0] - sequence_logps(sft, batch)[0])
-    return torch.cat(gaps).mean().item()
-
-
 def run_loss(workdir: Path, params: dict, loss: str) -> dict:
     summary, process_seconds = run_pipeline(workdir, {**params, "optimize": {**params["optimize"], "loss": loss}})
     last = summary["iterations"][-1]
@@ -65,7 +42,7 @@ def run_loss(workdir: Path, params: dict, loss: str) -> dict:
         "greedy": metrics["in_distribution/greedy_gold"], "sampled": metrics["in_distribution/sampled_gold"],
         "harder": metrics["harder/greedy_gold"], "unseen": metrics["unseen_composition/greedy_gold"],
         "entropy": metrics["in_distribution/sampled_entropy"], "distinct_2": distinct_2(sampled),
-        "kl_to_sft": kl_to_sft(workdir, iteration),
+        "kl_to_sft": metrics["in_distribution/kl_to_sft"],
         "optimize_seconds": sum(step["seconds"] for key, step in summary["stages"].items()
                                 if key.startswith("optimize-")),
         "process_seconds": process_seconds,

@@ -3,7 +3,8 @@
 A random Llama-style model with a 32k vocabulary, pairs with 512-token responses. Each variant runs in its own
 process; the figure is the growth of peak RSS over the RSS once the models and the batch exist, so the weights cancel
 out. DPO's figure includes its reference pass (the stage precomputes reference sums once per iteration, a forward of
-its own); TDPO runs the reference forward inside every step, with the chunked full-vocabulary KL (`optimize.tdpo_reference`).
+its own); TDPO runs the reference forward inside every step, with the chunked full-vocabulary KL (`ReferenceModel` in
+models/objective.py).
 
     python benchmarks/tdpo_memory.py --pairs 2 --response-tokens 512 --vocab 32000
 """
@@ -18,13 +19,31 @@ import sys
 from pathlib import Path
 
 
+def random_pairs(count: int, prompt_tokens: int, response_tokens: int, vocab: int) -> list:
+    """Pairs of (prompt, response) token ids of equal lengths (no padding), ids from 1 (0 is the pad id)."""
+    import torch
+
+    from alignloop.models.logprobs import Tokenized
+
+    generator = torch.Generator().manual_seed(1)
+
+    def ids(length: int) -> list[int]:
+        return torch.randint(1, vocab, (length,), generator=generator).tolist()
+
+    pairs = []
+    for _ in range(count):
+        prompt = ids(prompt_tokens)
+        pairs.append((Tokenized(prompt, ids(response_tokens)), Tokenized(prompt, ids(response_tokens))))
+    return pairs
+
+
 def one_step(loss: str, pairs: int, response_tokens: int, vocab: int, chunk: int) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from alignloop.models.logprobs import token_logps
-    from alignloop.models.losses import LOSSES, LossParams, PairBatch, sequence_sum
-    from alignloop.tasks.optimize import forward_logits, tdpo_reference
+    from alignloop.models.losses import LOSSES, LossParams
+    from alignloop.models.objective import (PreferenceTerm, ReferenceModel, ReferenceSums, forward, objective,
+                                            sequence_sums)
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=vocab, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
@@ -32,34 +51,19 @@ def one_step(loss: str, pairs: int, response_tokens: int, vocab: int, chunk: int
     policy, reference = LlamaForCausalLM(config), LlamaForCausalLM(config)
     reference.load_state_dict(policy.state_dict())
     reference.eval()
-    prompt_tokens = 32
-    input_ids = torch.randint(0, vocab, (2 * pairs, prompt_tokens + response_tokens))
-    attention = torch.ones_like(input_ids)
-    response_mask = torch.zeros_like(input_ids, dtype=torch.bool)
-    response_mask[:, prompt_tokens:] = True
+    batch = random_pairs(pairs, 32, response_tokens, vocab)
+    indices, pad_id = list(range(pairs)), 0
     spec = LOSSES[loss]
     baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # models and batch built, nothing run
-    reference_sums = None
-    if spec.needs_reference and not spec.needs_kl:  # precomputed once per iteration in the stage
-        with torch.no_grad():
-            ref_logps, mask = token_logps(reference(input_ids=input_ids, attention_mask=attention).logits,
-                                          input_ids, response_mask)
-            reference_sums = sequence_sum(ref_logps, mask)
+    if spec.needs_kl:  # the reference's forward and chunked KL inside every step
+        provider = ReferenceModel(reference, policy, chunk)
+    else:  # precomputed once per iteration in the stage (its batches: 2 × batch_size pairs)
+        provider = ReferenceSums(*sequence_sums(reference, batch, pad_id, 2 * pairs, "reference log-probs"))
 
-    batch = {"input_ids": input_ids, "attention_mask": attention, "response_mask": response_mask}
-    logits, hidden = forward_logits(policy, batch, keep_hidden=spec.needs_kl)
-    logps, mask = token_logps(logits, input_ids, response_mask)
-    n = pairs
-    fields = {"policy_chosen_logps": logps[:n], "policy_rejected_logps": logps[n:], "chosen_mask": mask[:n],
-              "rejected_mask": mask[n:]}
-    if spec.needs_kl:  # exactly the stage's computation
-        ref_logps, kl = tdpo_reference(policy, reference, batch, hidden, mask, chunk)
-        fields |= {"reference_chosen_logps": ref_logps[:n], "reference_rejected_logps": ref_logps[n:],
-                   "chosen_kl": kl[:n], "rejected_kl": kl[n:]}
-    else:
-        fields |= {"reference_chosen_logps": reference_sums[:n], "reference_rejected_logps": reference_sums[n:]}
-    out = spec.fn(PairBatch(**fields), LossParams())
-    out.losses.mean().backward()
+    # exactly the stage's computation: one forward of the policy (hidden states kept for TDPO), the term's loss
+    fwd = forward(policy, batch, indices, pad_id, keep_hidden=spec.needs_kl)
+    total, _ = objective([PreferenceTerm(spec, LossParams(), [provider])], fwd)
+    total.backward()
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"loss": loss, "baseline_mib": baseline_kib / 1024, "peak_mib": peak_kib / 1024,
             "step_mib": (peak_kib - baseline_kib) / 1024}

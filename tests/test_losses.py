@@ -168,10 +168,10 @@ def test_mean_token_entropy_over_response_positions():
     logits = torch.zeros(2, 7, vocab)  # uniform everywhere: entropy log 8
     logits[0, :3, 0] = 100.0  # row 0 prompt-predicting positions 0..2: nearly one-hot, must be ignored
     logits[1, 4:, 0] = 100.0  # row 1 positions predicting padding: must be ignored
-    entropy = mean_token_entropy(_FixedLogits(logits), batch)
+    entropy = mean_token_entropy(logits, batch["response_mask"])
     assert entropy.tolist() == pytest.approx([math.log(8), math.log(8)], rel=1e-6)
     logits[0, 3, 0] = 100.0  # one of row 0's three response positions becomes certain
-    entropy = mean_token_entropy(_FixedLogits(logits), batch)
+    entropy = mean_token_entropy(logits, batch["response_mask"])
     assert entropy[0].item() == pytest.approx(2 * math.log(8) / 3, rel=1e-5)
 
 

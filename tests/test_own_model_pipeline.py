@@ -96,3 +96,23 @@ def test_a_kill_inside_iteration_2_optimize_resumes_to_identical_artifacts(refer
     status = statuses(project)
     assert {key for key, value in status.items() if value == "ran"} == {"optimize-2", "benchmark-2", "report"}
     assert snapshot(project) == reference_files
+
+
+def test_the_loop_ranks_with_a_tiny_pairrm(tmp_path: Path) -> None:
+    """One iteration on the fixture with the committed tiny PairRM checkpoint as ranker and judge."""
+    project = make_own_project(tmp_path / "pairrm")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["iterations"] = 1
+    params["rank"] = {"ranker": "pairrm", "pairrm": str(REPO / "tests" / "data" / "pairrm_tiny"), "batch_size": 64}
+    params["optimize"]["epochs"] = 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([ALIGNLOOP, "run"], project)
+    scores = _jsonl(project / "artifacts/iter-1/scores.jsonl")
+    assert {row["ranker"] for row in scores} == {"pairrm"}
+    by_prompt: dict[str, list[float]] = {}
+    for row in scores:
+        by_prompt.setdefault(row["prompt_id"], []).append(row["score"])
+    # s_i = mean_j (C_ij − C_ji) is antisymmetric in sum: each prompt's scores add up to zero
+    assert all(abs(sum(values)) < 1e-4 for values in by_prompt.values())
+    metrics = json.loads((project / "artifacts/iter-1/metrics.json").read_text())
+    assert "test/greedy_pairrm" in metrics and "test/win_rate_vs_sft" in metrics

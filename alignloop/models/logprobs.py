@@ -84,10 +84,10 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {key: value.to(device) for key, value in batch.items()}
 
 
-def mean_token_entropy(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean over response positions of H(π(· | c, y_<t)), per sequence; (batch,)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-    log_probs = F.log_softmax(logits, dim=-1)
+def mean_token_entropy(logits: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over response positions of H(π(· | c, y_<t)), per sequence, from a causal LM's (batch, seq, vocab)
+    logits and the batch's response mask; (batch,)."""
+    log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
     entropy = -(log_probs.exp() * log_probs).sum(-1)
-    mask = batch["response_mask"][:, 1:]
+    mask = response_mask[:, 1:]
     return (entropy * mask).sum(-1) / mask.sum(-1).clamp(min=1)

@@ -33,13 +33,19 @@ class GoldRanker:
         return [[gold_score(row["answer"], text) for text in texts] for row, texts in zip(prompts, responses)]
 
 
-def build_ranker(cfg: Config, reward_model_dir=None) -> Ranker:
-    """The configured ranker; `reward_model_dir` is the resolved `rank.reward_model` (see model_source)."""
+def build_ranker(cfg: Config, model_dir=None) -> Ranker:
+    """The configured ranker; `model_dir` is its model's resolved directory (model_source.ranker_model_dir)."""
     if cfg.rank.ranker == "gold":
         return GoldRanker()
-    from alignloop.models.reward_model import RewardModelRanker
+    if cfg.rank.ranker == "pairrm":
+        from alignloop.models.pairrm import PairRMRanker
 
-    ranker = RewardModelRanker(reward_model_dir, dtype=cfg.model.dtype, device=cfg.model.device,
-                               batch_size=cfg.rank.batch_size, trust_remote_code=cfg.model.trust_remote_code)
-    ranker.name = JUDGE_NAMES["reward_model"]
+        ranker = PairRMRanker(model_dir, dtype=cfg.model.dtype, device=cfg.model.device,
+                              batch_size=cfg.rank.batch_size)
+    else:
+        from alignloop.models.reward_model import RewardModelRanker
+
+        ranker = RewardModelRanker(model_dir, dtype=cfg.model.dtype, device=cfg.model.device,
+                                   batch_size=cfg.rank.batch_size, trust_remote_code=cfg.model.trust_remote_code)
+    ranker.name = JUDGE_NAMES[cfg.rank.ranker]
     return ranker

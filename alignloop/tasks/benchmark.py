@@ -1,7 +1,8 @@
 """Stage `benchmark`: the policy after iteration i on every evaluation set.
 
 Per set, judged by the run's ranker (`gold` on the testbed, the reward model otherwise): the mean score of greedy
-and of sampled responses (`greedy_<judge>`, `sampled_<judge>`), the win rate of greedy responses against the SFT
+and of sampled responses (`greedy_<judge>`, `sampled_<judge>`; a pairwise judge such as PairRM scores each response
+by its margin over the SFT policy's greedy response), the win rate of greedy responses against the SFT
 policy's greedy responses (same judge, ties count half), mean response lengths in tokens, the mean token entropy of
 sampled responses, and the KL to the SFT policy on the policy's own samples, mean of log π_i(y|x) − log π_0(y|x).
 On the testbed also exact match. Greedy responses are exported in AlpacaEval's format for external evaluators.
@@ -18,9 +19,9 @@ import torch
 
 from alignloop.config import Config
 from alignloop.io import atomic_path, read_jsonl, write_json, write_jsonl
-from alignloop.model_source import policy_dir, reward_model_dir
+from alignloop.model_source import policy_dir, ranker_model_dir
 from alignloop.models.generation import Generation, derive_seed, generate
-from alignloop.models.logprobs import collate, to_device, token_logps, tokenize_ids
+from alignloop.models.logprobs import collate, mean_token_entropy, to_device, token_logps, tokenize_ids
 from alignloop.models.losses import sequence_sum
 from alignloop.models.policy import load_policy
 from alignloop.models.rankers import build_ranker
@@ -41,26 +42,33 @@ def win_rate(scores: list[float], baseline_scores: list[float]) -> float:
 def sample_statistics(model, reference, tokenizer, prompts: list[str], generations: list[Generation],
                       max_length: int, batch_size: int) -> tuple[float, float | None]:
     """Mean per-token entropy of the policy along its own samples, and (with a reference) the mean of
-    S(π, y|x) − S(π_ref, y|x) over them: a Monte Carlo estimate of KL(π ‖ π_ref)."""
+    S(π, y|x) − S(π_ref, y|x) over them: a Monte Carlo estimate of KL(π ‖ π_ref). Sequences are batched by length
+    (less padding); both are means over samples, so the order does not matter."""
+    sequences = tokenize_ids(tokenizer, [(p, g.token_ids) for p, g in zip(prompts, generations)], max_length)
+    order = sorted(range(len(sequences)), key=lambda k: len(sequences[k].prompt_ids) + len(sequences[k].response_ids))
     entropies, log_ratios = [], []
-    for start in range(0, len(prompts), batch_size):
-        sequences = tokenize_ids(tokenizer, [(p, g.token_ids) for p, g in zip(prompts[start:start + batch_size],
-                                                                          generations[start:start + batch_size])],
-                                 max_length)
-        batch = to_device(collate(sequences, tokenizer.pad_token_id), model.device)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-        log_probs = torch.log_softmax(logits, dim=-1)
-        mask = batch["response_mask"][:, 1:]
-        entropy = -(log_probs.exp() * log_probs).sum(-1)
-        entropies.append((entropy * mask).sum(-1) / mask.sum(-1).clamp(min=1))
+    for start in range(0, len(order), batch_size):
+        batch = to_device(collate([sequences[k] for k in order[start:start + batch_size]], tokenizer.pad_token_id),
+                          model.device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        entropies.append(mean_token_entropy(logits, batch["response_mask"]))
         if reference is not None:
-            targets = batch["input_ids"][:, 1:, None]
-            policy_sums = sequence_sum(log_probs.gather(-1, targets).squeeze(-1), mask)
+            policy_logps, mask = token_logps(logits, batch["input_ids"], batch["response_mask"])
             ref_logits = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             ref_logps, _ = token_logps(ref_logits, batch["input_ids"], batch["response_mask"])
-            log_ratios.append(policy_sums - sequence_sum(ref_logps, mask))
+            log_ratios.append(sequence_sum(policy_logps, mask) - sequence_sum(ref_logps, mask))
     entropy = torch.cat(entropies).mean().item()
     return entropy, (torch.cat(log_ratios).mean().item() if log_ratios else None)
+
+
+def margins_over(judge, prompts: list[str], responses: list[str], anchors: list[str]) -> list[float]:
+    """A pairwise judge's margin of each response over its anchor; an identical response ties (0) exactly."""
+    differ = [k for k, (text, anchor) in enumerate(zip(responses, anchors)) if text != anchor]
+    margins = [0.0] * len(responses)
+    judged = judge.compare([prompts[k] for k in differ], [responses[k] for k in differ], [anchors[k] for k in differ])
+    for k, margin in zip(differ, judged):
+        margins[k] = margin
+    return margins
 
 
 def alpaca_eval_rows(rows: list[dict], greedy: list[list[Generation]], generator: str, dataset: str) -> list[dict]:
@@ -72,9 +80,10 @@ def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
     bench = cfg.benchmark
     model, tokenizer = load_policy(policy_dir(cfg, layout, iteration), cfg.model)
     reference = load_policy(policy_dir(cfg, layout, 0), cfg.model, model.device)[0] if iteration else None
-    judge = build_ranker(cfg, reward_model_dir(cfg, layout))
-    baseline = {} if iteration == 0 else {
-        (row["split"], row["prompt_id"]): row["greedy_score"] for row in read_jsonl(layout.benchmark_outputs(0))}
+    judge = build_ranker(cfg, ranker_model_dir(cfg, layout))
+    sft_rows = [] if iteration == 0 else read_jsonl(layout.benchmark_outputs(0))
+    baseline = {(row["split"], row["prompt_id"]): row["greedy_score"] for row in sft_rows}
+    anchor_texts = {(row["split"], row["prompt_id"]): row["greedy"] for row in sft_rows}
     metrics: dict[str, float] = {}
     outputs: list[dict] = []
     exports: dict[str, list[dict]] = {}
@@ -89,11 +98,19 @@ def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
                            temperature=bench.sampled_temperature, max_new_tokens=bench.max_new_tokens,
                            batch_size=bench.batch_size, seed=derive_seed(cfg.seed, "benchmark", split),
                            prompt_ids=ids, max_length=cfg.model.max_length, description=f"benchmark {split} sampled")
-        greedy_scores = [scores[0] for scores in judge.score(rows, [[gens[0].text] for gens in greedy])]
-        sampled_scores = judge.score(rows, [[g.text for g in gens] for gens in sampled])
         flat_prompts = [row["prompt"] for row, gens in zip(rows, sampled) for _ in gens]
         flat_samples = [g for gens in sampled for g in gens]
-        baseline_scores = [baseline.get((split, pid), score) for pid, score in zip(ids, greedy_scores)]
+        if getattr(judge, "pairwise", False):  # each response against the SFT policy's greedy one, both orders
+            anchors = [anchor_texts.get((split, pid), gens[0].text) for pid, gens in zip(ids, greedy)]
+            greedy_scores = margins_over(judge, prompts, [gens[0].text for gens in greedy], anchors)
+            margins = iter(margins_over(judge, flat_prompts, [g.text for g in flat_samples],
+                                        [a for a, gens in zip(anchors, sampled) for _ in gens]))
+            sampled_scores = [[next(margins) for _ in gens] for gens in sampled]
+            baseline_scores = [0.0] * len(rows)  # the SFT response against itself
+        else:
+            greedy_scores = [scores[0] for scores in judge.score(rows, [[gens[0].text] for gens in greedy])]
+            sampled_scores = judge.score(rows, [[g.text for g in gens] for gens in sampled])
+            baseline_scores = [baseline.get((split, pid), score) for pid, score in zip(ids, greedy_scores)]
         entropy, kl = sample_statistics(model, reference, tokenizer, flat_prompts, flat_samples,
                                         cfg.model.max_length, bench.batch_size)
         metrics |= {

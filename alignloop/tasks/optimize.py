@@ -94,7 +94,8 @@ def build_terms(cfg: Config, layout: Layout, iteration: int, rows: list[dict], p
                 tokenizer) -> tuple[list[Term], dict[str, int]]:
     """The objective's terms with every input they declare, built once before the first step."""
     opt, spec = cfg.optimize, LOSSES[cfg.optimize.loss]
-    pad_id, batch = tokenizer.pad_token_id, opt.batch_size * 2
+    # Reference passes hold no activations for a backward, so twice a training micro-batch fits where it does.
+    pad_id, batch = tokenizer.pad_token_id, 2 * (opt.micro_batch_size or opt.batch_size)
     providers, extra = [], {}
     if spec.needs_reference:
         # The starting policy is the reference unless `reference: sft` names another model (iteration > 1).
@@ -104,8 +105,8 @@ def build_terms(cfg: Config, layout: Layout, iteration: int, rows: list[dict], p
             if not separate and opt.lora is None:  # a frozen copy: the policy itself moves
                 reference = load_policy(policy_dir(cfg, layout, iteration - 1), cfg.model, policy.device)[0]
             providers.append(ReferenceModel(reference, policy, opt.kl_chunk_size))
-        else:
-            with adapter_disabled(reference):
+        else:  # under the training steps' autocast, so that policy and reference agree at step 0
+            with adapter_disabled(reference), autocast(policy.device, opt.autocast):
                 providers.append(ReferenceSums(*sequence_sums(reference, pairs, pad_id, batch, "reference log-probs")))
         if spec.needs_refinement:
             prompted = tokenize_pairs(with_refinement_prompt(rows, opt.refinement_prompt), tokenizer,
@@ -114,7 +115,7 @@ def build_terms(cfg: Config, layout: Layout, iteration: int, rows: list[dict], p
             if not fits.all():
                 log.warning("optimize: the quality prompt cuts a response of %d of %d pairs; they use Δ = 0",
                             len(pairs) - int(fits.sum()), len(pairs))
-            with adapter_disabled(reference):
+            with adapter_disabled(reference), autocast(policy.device, opt.autocast):
                 prompted_reference = ReferenceSums(*sequence_sums(reference, prompted, pad_id, batch,
                                                                   "reference log-probs (quality prompt)"))
             providers.append(PromptedMargin(prompted, prompted_reference, fits, pad_id, policy))
@@ -123,7 +124,8 @@ def build_terms(cfg: Config, layout: Layout, iteration: int, rows: list[dict], p
     if opt.nll_weight:
         terms.append(NLLTerm(opt.nll_weight))
     if opt.exploration == "copo":
-        explore = load_exploration(cfg, layout, iteration, rows, policy, tokenizer)
+        with autocast(policy.device, opt.autocast):
+            explore = load_exploration(cfg, layout, iteration, rows, policy, tokenizer)
         terms.append(CopoTerm(explore, opt.copo_alpha, opt.copo_scale, opt.copo_clip, policy, pad_id))
     return terms, extra
 
@@ -208,7 +210,7 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
         optimizer.step()
         scheduler.step()
         # chosen_logp_change (reference-based losses): a fall of > ~1 nat came before every collapse seen on the
-        # testbed (docs/testbed.md).
+        # testbed (README, "Choosing the defaults").
         history.append({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(), **metrics})
 
     # 5) save

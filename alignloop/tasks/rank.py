@@ -12,7 +12,7 @@ from collections import defaultdict
 
 from alignloop.config import Config
 from alignloop.io import read_jsonl, write_json, write_jsonl
-from alignloop.model_source import reward_model_dir
+from alignloop.model_source import ranker_model_dir
 from alignloop.models.rankers import build_ranker
 from alignloop.paths import Layout
 
@@ -70,7 +70,7 @@ def run_rank(cfg: Config, layout: Layout, iteration: int) -> None:
         samples_by_prompt[sample["prompt_id"]].append(sample)
     for group in samples_by_prompt.values():
         group.sort(key=lambda sample: sample["sample_index"])
-    ranker = build_ranker(cfg, reward_model_dir(cfg, layout))
+    ranker = build_ranker(cfg, ranker_model_dir(cfg, layout))
     score_lists = ranker.score(prompts, [[s["response"] for s in samples_by_prompt[row["prompt_id"]]]
                                         for row in prompts])
     check_scores(score_lists, prompts, cfg.rank.ranker)
