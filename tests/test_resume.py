@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 pytestmark = pytest.mark.slow
 
 # Long enough an optimize stage (a few seconds) to be killed in the middle of it.
-PARAMS = {"iterations": 2, "optimize": {"epochs": 100}}
+PARAMS = {"iterations": 2, "optimize": {"epochs": 100, "batch_size": 2}}
 BEFORE_KILL = ("prepare", "sft", "benchmark-0", "sample-1", "rank-1", "optimize-1", "benchmark-1", "sample-2",
                "rank-2")
 AFTER_KILL = ("optimize-2", "benchmark-2", "report")
