@@ -22,8 +22,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 _COMMON = ("io.py", "paths.py", "model_source.py")
 _MODEL = ("models/policy.py", "models/generation.py")
 _TRAINING = ("models/training.py", "models/logprobs.py")
-_RANKERS = ("models/rankers.py", "models/reward_model.py", "models/pairrm.py", "models/policy.py",
-            "testbed/scorer.py")
+_RANKERS = ("models/rankers.py", "models/reward_model.py", "models/pairrm.py", "models/batching.py",
+            "models/policy.py", "testbed/scorer.py")
 _TESTBED = ("testbed/world.py", "testbed/scorer.py", "testbed/data.py", "testbed/model.py", "testbed/tokenizer.py")
 
 

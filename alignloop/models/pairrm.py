@@ -13,7 +13,6 @@ scripts/pairrm_reference.py records the original implementation's logits; tests/
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ from transformers import AutoTokenizer, DebertaV2Config, DebertaV2Model, PreTrai
 
 from alignloop.config import ConfigError
 from alignloop.models.policy import ModelLoadError, resolve_device
-from alignloop.progress import progress
+from alignloop.models.batching import batched_by_length, check_finite
 
 SOURCE, CAND1, CAND2 = "<|source|>", "<|candidate1|>", "<|candidate2|>"
 PREFIX_IDS = ("source_prefix_id", "cand1_prefix_id", "cand2_prefix_id")
@@ -197,16 +196,10 @@ class PairRMRanker:
 
     def _logits(self, triples: list[tuple[str, str, str]], labels: list[str]) -> list[float]:
         encoded = [self.encode(*triple) for triple in triples]
-        # longest first (OOM shows early), ties by content: the same inputs in any order batch identically
-        order = sorted(range(len(encoded)), key=lambda index: (-len(encoded[index][0]), encoded[index][0]))
-        batches = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
-        logits: list[float] = [0.0] * len(encoded)
-        for batch in progress(batches, "pairrm", total=len(batches)):
-            for index, value in zip(batch, self.forward_batch([encoded[index] for index in batch])):
-                logits[index] = value
-        bad = [label for label, value in zip(labels, logits) if not math.isfinite(value)]
-        if bad:
-            raise ValueError(f"pairrm produced non-finite logits for {len(bad)} comparisons (e.g. {bad[0]})")
+        # longest first, ties by content: the same inputs in any order batch identically
+        logits = batched_by_length(encoded, self.forward_batch, self.batch_size,
+                                   lambda item: (-len(item[0]), item[0]), "pairrm")
+        check_finite(logits, labels, "pairrm produced non-finite logits", "comparisons")
         return logits
 
     @torch.inference_mode()

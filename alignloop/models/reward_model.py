@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from alignloop.config import ConfigError
 from alignloop.models.policy import ModelLoadError, resolve_device
-from alignloop.progress import progress
+from alignloop.models.batching import batched_by_length, check_finite
 
 logger = logging.getLogger(__name__)
 
@@ -107,15 +106,8 @@ class RewardModelRanker:
                 logger.warning("reward model: %d of %d inputs exceed %d tokens and were cut to their first %d",
                                cut, len(encoded), self.max_length, self.max_length)
                 encoded = [ids[: self.max_length] for ids in encoded]
-        order = sorted(range(len(encoded)), key=lambda index: -len(encoded[index]))  # longest first: OOM shows early
-        batches = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
-        scores: list[float] = [0.0] * len(encoded)
-        for batch in progress(batches, "reward model", total=len(batches)):
-            for index, value in zip(batch, self.forward_batch([encoded[index] for index in batch])):
-                scores[index] = value
-        bad = [label for label, value in zip(labels, scores) if not math.isfinite(value)]
-        if bad:
-            raise ValueError(f"reward model produced non-finite scores for {len(bad)} responses (e.g. {bad[0]})")
+        scores = batched_by_length(encoded, self.forward_batch, self.batch_size, lambda ids: -len(ids), "reward model")
+        check_finite(scores, labels, "reward model produced non-finite scores", "responses")
         return scores
 
     @torch.inference_mode()
