@@ -161,6 +161,8 @@ def report(params: Path = PARAMS_OPTION) -> None:
         rows = run_report(cfg, Layout(root))
     except FileNotFoundError as exc:
         _fail(f"{exc} (has every iteration been benchmarked?)", 1)
+    except ValueError as exc:  # a damaged metrics file, named with its line
+        _fail(str(exc), 1)
     typer.echo(format_table(rows, table_columns(cfg)))
 
 
@@ -185,7 +187,7 @@ def dvc_yaml(params: Path = PARAMS_OPTION,
     from alignloop.dvcfile import render_dvc_yaml, write_dvc_yaml
 
     if check:
-        current = (root / "dvc.yaml").read_text() if (root / "dvc.yaml").is_file() else ""
+        current = (root / "dvc.yaml").read_text(encoding="utf-8") if (root / "dvc.yaml").is_file() else ""
         if current != render_dvc_yaml(cfg, root):
             _fail("dvc.yaml is out of date; run `alignloop dvc-yaml`", 1)
         return

@@ -147,7 +147,8 @@ class RankConfig(Section):
         if self.ranker == "reward_model" and not self.reward_model:
             raise ValueError("reward_model: required when ranker is reward_model (a directory or hub id)")
         if self.ranker == "pairrm" and not self.pairrm:
-            raise ValueError("pairrm: required when ranker is pairrm (a directory or hub id, e.g. llm-blender/PairRM-hf)")
+            raise ValueError("pairrm: required when ranker is pairrm (a directory or hub id, e.g. "
+                             "llm-blender/PairRM-hf)")
         return self
 
 
@@ -462,7 +463,9 @@ def load_config(path: str | Path = "params.yaml") -> Config:
     if not path.is_file():
         raise ConfigError(f"{path}: no such file (copy params.yaml from the repository or pass --params)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return parse_config(raw)

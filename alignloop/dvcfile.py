@@ -35,7 +35,7 @@ def _code_deps(stage: Stage, root: Path) -> list[str]:
 def _present_params(root: Path) -> set[str]:
     """Top-level keys written in params.yaml: DVC refuses to track a key the file does not contain."""
     path = root / "params.yaml"
-    raw = yaml.safe_load(path.read_text()) if path.is_file() else None
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
     return set(raw) if isinstance(raw, dict) else set()
 
 
@@ -70,7 +70,7 @@ def render_dvc_yaml(cfg: Config, root: Path) -> str:
 def write_dvc_yaml(cfg: Config, root: Path) -> Path:
     path = root / "dvc.yaml"
     text = render_dvc_yaml(cfg, root)
-    if not path.is_file() or path.read_text() != text:
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
         write_text(path, text)
     return path
 

@@ -37,20 +37,34 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+class DamagedFileError(ValueError):
+    """A JSON or JSONL artifact that does not parse: the message names the file and the line."""
+
+
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        line = f":{exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise DamagedFileError(f"{path}{line}: damaged ({_reason(exc)}); delete it and re-run the stage that "
+                               "writes it") from None
+
+
+def _reason(exc: Exception) -> str:
+    return exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     count = 0
-    with atomic_path(path) as tmp, tmp.open("w") as handle:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
             count += 1
@@ -61,5 +75,15 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing (run the stage that writes it first)")
-    with path.open() as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    rows = []
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    rows.append(json.loads(line))
+    except json.JSONDecodeError as exc:
+        raise DamagedFileError(f"{path}:{number}: damaged ({exc.msg}); delete it and re-run the stage that "
+                               "writes it") from None
+    except UnicodeDecodeError:
+        raise DamagedFileError(f"{path}: damaged (not UTF-8); delete it and re-run the stage that writes it") from None
+    return rows

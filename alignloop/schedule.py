@@ -29,7 +29,7 @@ def completed_iterations(cfg: Config, layout: Layout) -> int:
 
 def set_iterations(params_path: Path, iterations: int) -> None:
     """Rewrite the `iterations:` line of params.yaml, keeping every comment and other key as it is."""
-    text = params_path.read_text()
+    text = params_path.read_text(encoding="utf-8")
     if _ITERATIONS_VALUE.search(text):
         text = _ITERATIONS_VALUE.sub(rf"\g<1>{iterations}", text, count=1)
     else:

@@ -134,3 +134,44 @@ def test_write_text_overwrites(tmp_path):
     write_text(tmp_path / "t.txt", "two")
     assert (tmp_path / "t.txt").read_text() == "two"
     assert _names(tmp_path) == ["t.txt"]
+
+
+def test_a_damaged_jsonl_file_is_named_with_its_line(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3\n', encoding="utf-8")  # a kill mid-line, by hand
+    with pytest.raises(ValueError, match=r"pairs\.jsonl:3: damaged \(Expecting") as caught:
+        read_jsonl(path)
+    assert "\n" not in str(caught.value) and "re-run the stage" in str(caught.value)
+    path.write_bytes(b'{"a": "\xff"}\n')
+    with pytest.raises(ValueError, match=r"pairs\.jsonl: damaged \(not UTF-8\)"):
+        read_jsonl(path)
+
+
+def test_a_damaged_json_file_is_named_with_its_line(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text('{\n  "a": 1,\n  "b": \n}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"metrics\.json:4: damaged"):
+        read_json(path)
+
+
+def test_params_that_are_not_utf8_are_one_line(tmp_path):
+    from alignloop.config import ConfigError, load_config
+
+    (tmp_path / "params.yaml").write_bytes("seed: 0\n# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="params.yaml: not UTF-8 text"):
+        load_config(tmp_path / "params.yaml")
+
+
+def test_report_on_a_damaged_metrics_file_is_one_line(tmp_path):
+    import subprocess
+
+    from pipeline_helpers import ALIGNLOOP, env_for
+
+    (tmp_path / "params.yaml").write_text("iterations: 0\n", encoding="utf-8")
+    (tmp_path / "artifacts" / "sft").mkdir(parents=True)
+    (tmp_path / "artifacts" / "sft" / "metrics.json").write_text('{"in_distribution/greedy_gold": 0.7,', "utf-8")
+    result = subprocess.run([ALIGNLOOP, "report"], cwd=tmp_path, env=env_for(tmp_path), capture_output=True,
+                            text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "metrics.json:1: damaged" in lines[0], result.stderr

@@ -54,7 +54,7 @@ def check_pairrm(path: str | Path, key: str = "rank.pairrm") -> None:
         raise ConfigError(f"{key}: {path}: no such directory")
     if not (path / "config.json").is_file():
         raise ConfigError(f"{key}: {path} has no config.json; expected a PairRM checkpoint (llm-blender/PairRM-hf)")
-    raw = json.loads((path / "config.json").read_text())
+    raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
     missing = [field for field in (*PREFIX_IDS, "n_tasks") if not isinstance(raw.get(field), int)]
     if missing:
         raise ConfigError(f"{key}: {path}: config.json lacks {', '.join(missing)} (not a PairRM checkpoint)")

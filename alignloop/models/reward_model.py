@@ -34,7 +34,7 @@ def check_reward_model(path: str | Path, key: str = "rank.reward_model") -> None
         raise ConfigError(f"{key}: {path}: no such directory")
     if not (path / "config.json").is_file():
         raise ConfigError(f"{key}: {path} has no config.json; expected a saved sequence classifier")
-    raw = json.loads((path / "config.json").read_text())
+    raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
     architectures = raw.get("architectures") or []
     if not any(name.endswith("ForSequenceClassification") for name in architectures):
         found = ", ".join(architectures) or "model without architectures in config.json"
@@ -44,7 +44,7 @@ def check_reward_model(path: str | Path, key: str = "rank.reward_model") -> None
         raise ConfigError(f"{key}: {path} has {labels} labels; a reward model is a sequence classifier with one label")
     tokenizer_config = path / "tokenizer_config.json"
     has_template = (path / "chat_template.jinja").is_file() or (
-        tokenizer_config.is_file() and bool(json.loads(tokenizer_config.read_text()).get("chat_template")))
+        tokenizer_config.is_file() and bool(json.loads(tokenizer_config.read_text(encoding="utf-8")).get("chat_template")))
     if not has_template:
         raise ConfigError(f"{key}: {path} has no chat template; a reward model must format (prompt, response) "
                           "as it was trained, so its tokenizer needs one")
