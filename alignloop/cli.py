@@ -61,9 +61,12 @@ def run(params: Path = PARAMS_OPTION) -> None:
     from alignloop.paths import Layout
     from alignloop.tasks.report import format_table, iteration_rows, table_columns
 
+    from alignloop.run_lock import run_lock
+
     start = time.perf_counter()
     try:
-        summary = pipeline_flow(params_path=str(params.resolve()), root=str(root))
+        with run_lock(root, "alignloop run"):
+            summary = pipeline_flow(params_path=str(params.resolve()), root=str(root))
     except StageError as exc:
         cause = exc.__cause__
         _fail(str(cause) if isinstance(cause, ConfigError) else str(exc), 2 if isinstance(cause, ConfigError) else 1)
@@ -140,10 +143,13 @@ def stage(name: str = typer.Argument(
     from alignloop.paths import Layout
     from alignloop.stages import STAGES, run_stage
 
+    from alignloop.run_lock import run_lock
+
     if name not in STAGES:
         _fail(f"unknown stage {name!r}; stages are {', '.join(STAGES)}", 2)
     try:
-        run_stage(name, cfg, Layout(root), iteration)
+        with run_lock(root, f"alignloop stage {name} --iteration {iteration}"):
+            run_stage(name, cfg, Layout(root), iteration)
     except ConfigError as exc:
         _fail(str(exc), 2)
     except (*_USER_ERRORS, ModelLoadError, FloatingPointError) as exc:

@@ -91,7 +91,17 @@ def iteration_flow(iteration: int, config: dict[str, Any], root: str, written: l
 @flow(name="alignloop")
 def pipeline_flow(params_path: str = "params.yaml", root: str = ".", scheduled: bool = False) -> dict[str, Any]:
     """The whole pipeline. `scheduled` (what `alignloop serve` sets) first grows `iterations` in params.yaml to the
-    last completed iteration plus `schedule.iterations_per_run`."""
+    last completed iteration plus `schedule.iterations_per_run`, under the project's run lock (`alignloop run`
+    takes it before the flow starts)."""
+    if not scheduled:
+        return _pipeline(params_path, root, scheduled)
+    from alignloop.run_lock import run_lock
+
+    with run_lock(Path(root), "alignloop serve (scheduled run)"):
+        return _pipeline(params_path, root, scheduled)
+
+
+def _pipeline(params_path: str, root: str, scheduled: bool) -> dict[str, Any]:
     start = time.perf_counter()
     layout = Layout(Path(root))
     cfg: Config = load_config(params_path)
