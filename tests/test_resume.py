@@ -169,6 +169,10 @@ def test_second_run_is_all_cached(reference, tmp_path: Path) -> None:
     assert set(statuses(project).values()) == {"cached"}
     assert "stages: 12 cached" in result.stdout
     assert snapshot(project) == reference[1]
+    # Prefect read its cache back from JSON, never from a pickle (unpickling runs code).
+    stored = [json.loads(path.read_text()) for path in (project / ".prefect" / "storage").iterdir()]
+    assert stored and all(entry.get("metadata", {}).get("serializer", {"type": "json"})["type"] == "json"
+                          for entry in stored)
 
 
 def test_growing_a_run_and_changing_one_stage_parameter(reference, tmp_path: Path) -> None:

@@ -41,7 +41,8 @@ def _given_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     return parameters["cache_key"]
 
 
-@task(task_run_name="{name}-{iteration}", cache_key_fn=_given_key, persist_result=True)
+# Results are persisted as JSON, never pickle: Prefect reads them back when it checks its cache.
+@task(task_run_name="{name}-{iteration}", cache_key_fn=_given_key, persist_result=True, result_serializer="json")
 def stage_task(name: str, iteration: int, config: dict[str, Any], root: str, cache_key: str,
                force: bool) -> dict[str, Any]:
     cfg, layout, stage = Config.model_validate(config), Layout(Path(root)), STAGES[name]
@@ -80,7 +81,7 @@ def run_step(stage: Stage, iteration: int, cfg: Config, layout: Layout, written:
     return {"status": status, "seconds": result["seconds"] if status == "ran" else 0.0}
 
 
-@flow(name="alignloop-iteration", flow_run_name="iteration-{iteration}")
+@flow(name="alignloop-iteration", flow_run_name="iteration-{iteration}", result_serializer="json")
 def iteration_flow(iteration: int, config: dict[str, Any], root: str, written: list[str]) -> dict[str, Any]:
     cfg, layout = Config.model_validate(config), Layout(Path(root))
     steps = {STAGES[name].key(iteration): run_step(STAGES[name], iteration, cfg, layout, written)
@@ -88,7 +89,7 @@ def iteration_flow(iteration: int, config: dict[str, Any], root: str, written: l
     return {"steps": steps, "written": written}
 
 
-@flow(name="alignloop")
+@flow(name="alignloop", result_serializer="json")
 def pipeline_flow(params_path: str = "params.yaml", root: str = ".", scheduled: bool = False) -> dict[str, Any]:
     """The whole pipeline. `scheduled` (what `alignloop serve` sets) first grows `iterations` in params.yaml to the
     last completed iteration plus `schedule.iterations_per_run`, under the project's run lock (`alignloop run`
