@@ -159,7 +159,7 @@ DEFAULT_REFINEMENT_PROMPT = "Answer exactly."
 
 class OptimizeConfig(Section):
     loss: Literal["dpo", "cdpo", "ipo", "simpo", "tdpo1", "tdpo2", "srdpo", "sripo"] = "dpo"
-    """The preference loss (ALGORITHMS.md §1; formulas in alignloop/models/losses.py)."""
+    """The preference loss (formulas and papers in alignloop/models/losses.py)."""
     beta: float = Field(0.1, gt=0)
     """KL strength β of dpo, cdpo, tdpo1/2, srdpo and sripo (and the scale of their implicit rewards)."""
     label_smoothing: float = Field(0.1, ge=0, lt=0.5)
@@ -219,7 +219,8 @@ class BenchmarkConfig(Section):
 
 
 class EvolveConfig(Section):
-    """eva's creator (ALGORITHMS.md §3): after `rank`, evolve informative prompts into the next iteration's set."""
+    """eva's creator (alignloop/creator.py; README, "Prompt evolution"): after `rank`, evolve informative prompts
+    into the next iteration's set."""
 
     enabled: bool = False
     """Evolve the prompt set; false keeps a fixed distribution (fresh prompts from the pool every iteration)."""
@@ -249,8 +250,8 @@ class EvolveConfig(Section):
 
 
 class CFNConfig(Section):
-    """COPO's Coin Flipping Network (ALGORITHMS.md §2): pseudo-counts of prompt–response pairs for the exploration
-    bonus. Used when `optimize.exploration: copo`."""
+    """COPO's Coin Flipping Network (alignloop/models/cfn.py): pseudo-counts of prompt–response pairs for the
+    exploration bonus. Used when `optimize.exploration: copo`."""
 
     d: int = Field(20, ge=1)
     """Coin flips per visit (output size); more flips, less noisy counts."""

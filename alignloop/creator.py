@@ -1,5 +1,6 @@
-"""eva's creator step, the pure part (ALGORITHMS.md §3): informativeness of a prompt from its responses' rewards,
-weighted seed selection, validation of evolved prompts, and mixing with the buffer of earlier prompts.
+"""eva's creator step, the pure part (Ye et al. 2024, "Evolving Alignment via Asymmetric Self-Play"):
+informativeness of a prompt from its responses' rewards, weighted seed selection, validation of evolved prompts,
+and mixing with the buffer of earlier prompts.
 
 Ye et al. 2024, "Evolving Alignment via Asymmetric Self-Play": the creator prefers prompts on which the solver's
 responses differ most in reward (a regret proxy), evolves them, and trains on ~80% evolved + ~20% earlier prompts.

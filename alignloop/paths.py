@@ -1,4 +1,5 @@
-"""The artifact layout (DESIGN.md), in one place. Every stage, DVC, Prefect and MLflow find files through here."""
+"""The artifact layout (README, "The pipeline"), in one place. Every stage, DVC, Prefect and MLflow find files
+through here."""
 
 from __future__ import annotations
 

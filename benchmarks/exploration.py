@@ -1,7 +1,7 @@
 """Online DPO vs COPO on the testbed: several seeds, params.yaml's budget; prints a table and writes JSON.
 
 For each seed one project directory runs online DPO (`optimize.exploration: none`, the default, whose NLL anchor is
-the constant-weight control ALGORITHMS.md §2 asks for), then COPO (`exploration: copo`) at each α on top of it.
+the constant-weight control COPO's ablation needs), then COPO (`exploration: copo`) at each α on top of it.
 Everything up to iteration 1's ranking is shared through the cache.
 
     python benchmarks/exploration.py                         # seeds 0,1,2, params.yaml's α

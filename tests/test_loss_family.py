@@ -1,4 +1,4 @@
-"""The loss registry (alignloop/models/losses.py, ALGORITHMS.md §1): values by hand, gradient signs, TRL 1.16 parity,
+"""The loss registry (alignloop/models/losses.py): values by hand, gradient signs, TRL 1.16 parity,
 TDPO's chunked KL, Sr-*'s stop-gradient, SimPO's independence from the reference."""
 
 from __future__ import annotations
@@ -330,7 +330,7 @@ def test_kl_survives_reference_underflow_and_masked_vocabulary():
     reference_logits[0, 0, 1] = -float("inf")
     naive = torch.softmax(reference_logits, -1)
     naive_kl = (naive * (naive.log() - torch.log_softmax(policy_logits, -1))).sum(-1)
-    assert torch.isnan(naive_kl).any()  # the trap ALGORITHMS.md warns of is really in this input
+    assert torch.isnan(naive_kl).any()  # the underflow trap of softmax().log() is really in this input
     policy_logits.requires_grad_(True)
     kl = token_forward_kl(policy_logits, reference_logits, chunk_size=4)
     assert torch.isfinite(kl).all() and (kl >= 0).all()

@@ -1,6 +1,7 @@
 """Preference losses: one pure function per `optimize.loss`, each `(PairBatch, LossParams) -> LossOutput`.
 
-Formulas, defaults and traps: ALGORITHMS.md §1. Notation, per pair b (every sequence quantity is (batch,)):
+Each function's docstring gives its formula and paper; the defaults are argued in `LossParams`.
+Notation, per pair b (every sequence quantity is (batch,)):
     S(π, y|x) = Σ_t m_t log π(y_t | x, y_<t)          `sequence_sum`
     A(π, y|x) = S / max(1, Σ_t m_t)                  `sequence_mean`
     ρ_w = S(π_θ, y_w|x) − S(π_ref, y_w|x), ρ_l likewise, h = ρ_w − ρ_l, sg[·] = stop-gradient.
@@ -47,21 +48,21 @@ class PairBatch:
 
 @dataclass(frozen=True)
 class LossParams:
-    """Every loss parameter, with ALGORITHMS.md §1 defaults. Each loss reads only its own fields."""
+    """Every loss parameter, with the papers' defaults. Each loss reads only its own fields."""
 
     beta: float = 0.1
     """β of dpo, cdpo, tdpo1/2, srdpo, sripo; also the scale of every reference-based implicit reward β·ρ."""
     label_smoothing: float = 0.1
     """cdpo's ε: the assumed probability that a pair's label is flipped; 0 ≤ ε < 0.5."""
     ipo_tau: float = 0.1
-    """IPO's τ; the regression target for the per-token margin h̄ is 1/(2τ). Of ALGORITHMS.md's 0.01–0.1, 0.1 puts the
+    """IPO's τ; the regression target for the per-token margin h̄ is 1/(2τ). Of the usual 0.01–0.1, 0.1 puts the
     target at 5 nats per token, already a strong separation; 0.01 would ask for 50 per token, out of reach, so the
     squared loss would push without ever being satisfied, like an unregularised objective. 0.1 is also TRL's default
     β, which TRL's IPO uses as τ, so runs compare with TRL's."""
     simpo_beta: float = 2.0
     """SimPO's β, on token-mean log-probs A, so a scale of its own: 2.0 (SimPO paper), not the DPO β of 0.1."""
     simpo_gamma_ratio: float = 0.5
-    """SimPO's target margin as a fraction of its β: γ = simpo_gamma_ratio · simpo_beta (ALGORITHMS.md: γ = 0.5·β)."""
+    """SimPO's target margin as a fraction of its β: γ = simpo_gamma_ratio · simpo_beta (as the SimPO paper)."""
     tdpo_alpha: float = 0.5
     """tdpo2's α, the weight of the sequential-KL difference."""
     sr_lambda: float = 0.5
@@ -251,7 +252,7 @@ def srdpo(batch: PairBatch, params: LossParams) -> LossOutput:
 
 def sripo(batch: PairBatch, params: LossParams) -> LossOutput:
     """Sr-IPO (Yu et al. 2024): L = (h − λ·sg[Δ] − 1/(2β))², on sequence sums h (not IPO's token means), with
-    β in IPO's τ role, as ALGORITHMS.md §1 writes it."""
+    β in IPO's τ role."""
     chosen_ratio, rejected_ratio = log_ratios(batch, "sripo")
     refinement = _refinement(batch, params, "sripo")
     margin = chosen_ratio - rejected_ratio

@@ -51,7 +51,7 @@ def _gpt2(cfg: ModelConfig, tokenizer) -> PreTrainedModel:
         n_embd=cfg.n_embd,
         n_layer=cfg.n_layer,
         n_head=cfg.n_head,
-        # Dropout off: policy and reference log-probs stay deterministic (ALGORITHMS.md).
+        # Dropout off: policy and reference log-probs stay deterministic.
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,

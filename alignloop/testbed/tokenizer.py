@@ -1,7 +1,7 @@
 """A character-level tokenizer saved as a Hugging Face `PreTrainedTokenizerFast`, with a chat template.
 
 Chat markers are registered as special added tokens: a split-every-character pre-tokenizer would otherwise cut
-`<|user|>` into eight characters (see notes/testbed_findings.md).
+`<|user|>` into eight characters, and the model would have to learn to spell its own turn markers.
 """
 
 from __future__ import annotations
