@@ -11,15 +11,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-
-class ConfigError(ValueError):
-    """A problem with params.yaml, phrased as one line a person can act on."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+from alignloop.config_base import ConfigError, Section, describe_error
+from alignloop.config_data import DataConfig
 
 
 class TestbedConfig(Section):
@@ -279,50 +274,6 @@ class CFNConfig(Section):
     responses)."""
 
 
-class PromptSetConfig(Section):
-    """A set of prompts read with `datasets.load_dataset`: a local .jsonl/.json/.parquet/.csv file or a dataset name."""
-
-    path: str
-    """A local file, or a dataset name (downloaded by `prepare` only)."""
-    split: str = "train"
-    """The split to read (a local file is read as this split)."""
-    prompt_column: str = "prompt"
-    """Column holding the prompt: text, or a list of chat messages (its first user message is the prompt)."""
-    messages_column: str | None = None
-    """Take the prompt from this chat-messages column instead (its first user message), e.g. `messages`."""
-    response_column: str | None = None
-    """SFT demonstrations only: the response (text, or chat messages whose last assistant message is the response);
-    null takes the assistant message after the prompt in `messages_column`."""
-    max_rows: int | None = Field(None, ge=1)
-    """Read at most this many rows (the first ones)."""
-
-
-class DataConfig(Section):
-    """Where prompts come from. Without `train`, the testbed generates everything (the default)."""
-
-    train: PromptSetConfig | None = None
-    """Training prompts; each iteration takes the next `sample.num_prompts` of them."""
-    eval: dict[str, PromptSetConfig] = {}
-    """Named evaluation sets (at least one with `train`); their prompts are removed from the training pool."""
-    sft: PromptSetConfig | None = None
-    """Demonstrations for SFT (prompt + response); needed when `sft.enabled` and `train` is set."""
-
-    @model_validator(mode="after")
-    def _sets_complete(self) -> DataConfig:
-        if self.train is None and (self.eval or self.sft):
-            raise ValueError("train: required when data.eval or data.sft is given (the testbed makes its own)")
-        if self.train is not None and not self.eval:
-            raise ValueError("eval: give at least one evaluation set with data.train (benchmarks need one)")
-        for name in self.eval:
-            if not name.isidentifier():
-                raise ValueError(f"eval: set name {name!r} must be a plain identifier (it names files and metrics)")
-        return self
-
-    @property
-    def is_testbed(self) -> bool:
-        return self.train is None
-
-
 STAGE_NAMES = ("prepare", "sft", "sample", "rank", "evolve", "cfn", "optimize", "benchmark", "report")
 
 
@@ -417,30 +368,6 @@ def _flatten(tree: dict[str, Any], prefix: str = ""):
 
 
 _SCALARS = {"seed", "iterations"}
-_COMPARISONS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
-
-
-def _describe(error: dict[str, Any]) -> str:
-    """One pydantic error as `key.path: must be > 0, got -1`."""
-    path = ".".join(str(part) for part in error["loc"]) or "params"
-    kind, ctx, value = error["type"], error.get("ctx", {}), error.get("input")
-    if kind == "extra_forbidden":
-        return f"{path}: unknown key"
-    if kind in _COMPARISONS:
-        bound = next(iter(ctx.values()))
-        bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
-        return f"{path}: must be {_COMPARISONS[kind]} {bound}, got {value!r}"
-    if kind == "literal_error":
-        return f"{path}: must be one of {ctx.get('expected')}, got {value!r}"
-    if kind == "missing":
-        return f"{path}: required key is missing"
-    if kind == "value_error":  # our validators say "field: problem"; fold the field into the path
-        message = error["msg"].removeprefix("Value error, ")
-        if not error["loc"]:  # a cross-section check already names its full key
-            return message
-        field, sep, problem = message.partition(": ")
-        return f"{path}.{field}: {problem}" if sep and field.isidentifier() else f"{path}: {message}"
-    return f"{path}: {error['msg'][0].lower()}{error['msg'][1:]}, got {value!r}"
 
 
 def parse_config(raw: Any) -> Config:
@@ -454,7 +381,7 @@ def parse_config(raw: Any) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        lines = [_describe(error) for error in exc.errors()]
+        lines = [describe_error(error) for error in exc.errors()]
         more = f" (and {len(lines) - 1} more: {'; '.join(lines[1:])})" if len(lines) > 1 else ""
         raise ConfigError(lines[0] + more) from None
 

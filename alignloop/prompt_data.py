@@ -20,7 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alignloop.config import ConfigError, DataConfig, PromptSetConfig
+from alignloop.config import ConfigError
+from alignloop.config_data import DataConfig, PromptSetConfig
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from alignloop.config import ConfigError, DataConfig, PromptSetConfig
+from alignloop.config import ConfigError
+from alignloop.config_data import DataConfig, PromptSetConfig
 from alignloop.prompt_data import DataError, prepare_prompt_sets, prompt_id, read_prompt_set
 
 MAX_TOKENS = 20
