@@ -45,7 +45,9 @@ def _setup(params: Path, check_files: bool = False) -> tuple[Config, Path]:
         return cfg, root
     except ConfigError as exc:
         _fail(str(exc), 2)
-        raise  # unreachable
+    except (ValueError, OSError, RuntimeError) as exc:  # a model or file the checks could not even read
+        _fail(f"{params.name}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", 2)
+    raise AssertionError("unreachable")
 
 
 @app.command()

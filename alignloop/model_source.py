@@ -54,6 +54,22 @@ def resolve_model(name_or_path: str, root: Path, key: str, download: bool) -> Pa
                                f"{name_or_path!r} ({reason})") from None
 
 
+def read_model_config(path: str | Path, key: str, expected: str) -> dict:
+    """A model directory's config.json, for up-front checks; a missing or damaged one is a ConfigError naming `key`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"{key}: {path}: no such directory")
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{key}: {path} has no config.json; expected {expected}")
+    try:
+        raw = read_json(path / "config.json")
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key}: {path}/config.json is not a mapping; expected {expected}")
+    return raw
+
+
 def hub_models(cfg: Config, root: Path) -> dict[str, str]:
     """params key → hub id of every model of the run that comes from the hub (prepare downloads these)."""
     named = {"model.name_or_path": cfg.model.name_or_path}

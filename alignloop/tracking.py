@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from alignloop.cache import file_digest
+from alignloop.digests import file_digest
 from alignloop.config import Config
 from alignloop.io import read_json, read_jsonl
 from alignloop.paths import Layout

@@ -12,7 +12,6 @@ scripts/pairrm_reference.py records the original implementation's logits; tests/
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -20,13 +19,12 @@ from torch import nn
 from transformers import AutoTokenizer, DebertaV2Config, DebertaV2Model, PreTrainedTokenizerBase
 
 from alignloop.config import ConfigError
-from alignloop.models.policy import ModelLoadError, resolve_device
+from alignloop.model_source import read_model_config
+from alignloop.models.policy import DTYPES, ModelLoadError, resolve_device
 from alignloop.models.batching import batched_by_length, check_finite
 
 SOURCE, CAND1, CAND2 = "<|source|>", "<|candidate1|>", "<|candidate2|>"
 PREFIX_IDS = ("source_prefix_id", "cand1_prefix_id", "cand2_prefix_id")
-DTYPES: dict[str, torch.dtype | None] = {
-    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": None}
 TOKENIZER_FILES = ("tokenizer.json", "spm.model", "tokenizer_config.json")
 
 
@@ -50,11 +48,7 @@ def format_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, a: str, b: str,
 def check_pairrm(path: str | Path, key: str = "rank.pairrm") -> None:
     """Fail fast from config.json and the file list alone (no weights or tokenizer loaded)."""
     path = Path(path)
-    if not path.is_dir():
-        raise ConfigError(f"{key}: {path}: no such directory")
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"{key}: {path} has no config.json; expected a PairRM checkpoint (llm-blender/PairRM-hf)")
-    raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    raw = read_model_config(path, key, "a PairRM checkpoint (llm-blender/PairRM-hf)")
     missing = [field for field in (*PREFIX_IDS, "n_tasks") if not isinstance(raw.get(field), int)]
     if missing:
         raise ConfigError(f"{key}: {path}: config.json lacks {', '.join(missing)} (not a PairRM checkpoint)")
@@ -79,7 +73,7 @@ class PairRMModel(nn.Module):
                                         nn.Linear(hidden, config.n_tasks))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None) -> PairRMModel:
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | str = "auto") -> PairRMModel:
         """Built on the meta device (no random init of ~435M weights), then given the checkpoint's tensors."""
         path = Path(path)
         config = DebertaV2Config.from_pretrained(str(path))
@@ -101,7 +95,7 @@ class PairRMModel(nn.Module):
         empty = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
         if empty:
             raise ValueError(f"PairRM tensors left unset after loading: {empty[:3]}")
-        if dtype is None:  # "auto": the checkpoint's own dtype
+        if dtype == "auto":  # the checkpoint's own dtype
             dtype = next(iter(state.values())).dtype if state else torch.float32
         return model.to(dtype).eval()
 

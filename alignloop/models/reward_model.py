@@ -17,24 +17,19 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from alignloop.config import ConfigError
-from alignloop.models.policy import ModelLoadError, resolve_device
+from alignloop.model_source import read_model_config
+from alignloop.models.policy import DTYPES, ModelLoadError, resolve_device
 from alignloop.models.batching import batched_by_length, check_finite
 
 logger = logging.getLogger(__name__)
 
-DTYPES: dict[str, torch.dtype | str] = {
-    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 SANE_MAX_LENGTH = 1_000_000  # tokenizers without a limit report model_max_length ≈ 1e30
 
 
 def check_reward_model(path: str | Path, key: str = "rank.reward_model") -> None:
     """Fail fast, before any stage runs, from config.json and the tokenizer files alone (no weights loaded)."""
     path = Path(path)
-    if not path.is_dir():
-        raise ConfigError(f"{key}: {path}: no such directory")
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"{key}: {path} has no config.json; expected a saved sequence classifier")
-    raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    raw = read_model_config(path, key, "a saved sequence classifier")
     architectures = raw.get("architectures") or []
     if not any(name.endswith("ForSequenceClassification") for name in architectures):
         found = ", ".join(architectures) or "model without architectures in config.json"
