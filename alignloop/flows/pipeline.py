@@ -129,7 +129,11 @@ def _pipeline(params_path: str, root: str, scheduled: bool) -> dict[str, Any]:
             steps["report"] = run_step(STAGES["report"], 0, cfg, layout, written)
             _sync_dvc(cfg, layout)
     except BaseException:
-        _sync_dvc(cfg, layout)  # the stages that finished before the failure are recorded for `dvc repro` too
+        try:  # the stages that finished before the failure are recorded for `dvc repro` too
+            _sync_dvc(cfg, layout)
+        except Exception as exc:  # noqa: BLE001 - never hide the failure that stopped the run
+            log.warning("dvc commit after the failure did not run (dvc.lock is behind): %s: %s",
+                        type(exc).__name__, exc)
         raise
 
     rows = iteration_rows(cfg, layout)
@@ -142,12 +146,27 @@ def _pipeline(params_path: str, root: str, scheduled: bool) -> dict[str, Any]:
     return summary
 
 
+def committable_stages(cfg: Config, layout: Layout) -> list[str]:
+    """The stages of the plan whose outputs were made from the current params, inputs and code: their stamp's cache
+    key is the key they would get now and the outputs are still what was stamped. Outputs left by a run with other
+    params (a stage that failed or was interrupted after a params change) are stale and never recorded."""
+    finished = []
+    for stage, iteration in plan(cfg):
+        try:
+            key = cache.cache_key(stage, cfg, layout, iteration)
+        except FileNotFoundError:
+            continue  # an input is missing: the stage cannot be current
+        if cache.is_fresh(stage, cfg, layout, iteration, key):
+            finished.append(stage.key(iteration))
+    return finished
+
+
 def _sync_dvc(cfg: Config, layout: Layout) -> None:
-    """`dvc commit` every stage of the plan whose outputs are complete, so dvc.lock matches the workspace."""
+    """`dvc commit` every stage of the plan whose outputs are current (`committable_stages`), so dvc.lock matches
+    the workspace and never records old outputs under new params."""
     if not cfg.pipeline.dvc_commit:
         return
-    finished = [stage.key(i) for stage, i in plan(cfg) if cache.outputs_intact(stage, cfg, layout, i)]
-    result = commit_stages(layout.root, finished)
+    result = commit_stages(layout.root, committable_stages(cfg, layout))
     if result is not None and result.returncode != 0:
         log.warning("dvc commit failed (dvc.lock is behind; `dvc commit -f` fixes it): %s",
                     (result.stderr or result.stdout).strip().splitlines()[-1:])

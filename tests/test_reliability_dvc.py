@@ -1,0 +1,64 @@
+"""Nothing stale reaches dvc.lock: only stages whose outputs were made from the current params, inputs and code are
+committed after a run, including a run that failed or was interrupted (issue 14, item 1)."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+from pathlib import Path
+
+import pytest
+from pipeline_helpers import ALIGNLOOP, DVC, env_for, make_project, run, set_params
+
+from alignloop import cache, stages
+from alignloop.config import Config
+from alignloop.paths import Layout
+
+
+def _fake_stage(tmp_path: Path, name: str, deps: list[Path], out: Path) -> stages.Stage:
+    return dataclasses.replace(stages.STAGES[name], code=(), deps=lambda layout, cfg, i: deps,
+                               outs=lambda layout, cfg, i: [out], metrics=lambda layout, cfg, i: [])
+
+
+def test_only_stages_stamped_with_the_current_key_are_committable(monkeypatch, tmp_path: Path) -> None:
+    from alignloop.flows import pipeline
+
+    layout = Layout(tmp_path)
+    source, made, other = tmp_path / "in.txt", tmp_path / "made.txt", tmp_path / "other.txt"
+    source.write_text("input\n")
+    sample = _fake_stage(tmp_path, "sample", [source], made)
+    rank = _fake_stage(tmp_path, "rank", [tmp_path / "absent.txt"], other)  # its input is missing
+    monkeypatch.setattr(pipeline, "plan", lambda cfg: [(sample, 1), (rank, 1)])
+    old = Config(sample={"num_prompts": 8})
+    made.write_text("made under the old params\n")
+    other.write_text("x\n")
+    cache.write_stamp(sample, old, layout, 1, cache.cache_key(sample, old, layout, 1))
+    cache.write_stamp(rank, old, layout, 1, "some key")
+    assert cache.outputs_intact(sample, old, layout, 1) and cache.outputs_intact(rank, old, layout, 1)
+
+    assert pipeline.committable_stages(old, layout) == ["sample-1"]
+    new = Config(sample={"num_prompts": 9})  # a params change of the stage: its outputs are stale
+    assert pipeline.committable_stages(new, layout) == []
+    source.write_text("changed input\n")  # so is an input change
+    assert pipeline.committable_stages(old, layout) == []
+
+
+@pytest.mark.slow
+def test_a_run_failing_after_a_params_change_leaves_the_stage_changed_in_dvc(tmp_path: Path) -> None:
+    project = make_project(tmp_path, {"optimize": {"beta": 0.1}}, link_package=True)
+    run([DVC, "init", "--no-scm", "-q"], project)
+    run([ALIGNLOOP, "dvc-yaml"], project)
+    run([ALIGNLOOP, "run"], project)
+    assert "up to date" in run([DVC, "status"], project).stdout
+
+    # optimize's params change and the new run fails inside optimize-1 (NaN loss); its old policy stays on disk.
+    set_params(project, {"optimize": {"learning_rate": 1.0e9, "epochs": 4}})
+    failed = subprocess.run([ALIGNLOOP, "run"], cwd=project, env=env_for(project), capture_output=True, text=True,
+                            timeout=900, stdin=subprocess.DEVNULL)
+    assert failed.returncode == 1, failed.stderr[-2000:]
+    assert (project / "artifacts" / "iter-1" / "policy").is_dir()
+    status = run([DVC, "status"], project).stdout
+    assert "up to date" not in status
+    assert "optimize-1" in status and "changed" in status, status
+    lock = (project / "dvc.lock").read_text()
+    assert "learning_rate: 1000000000.0" not in lock and "learning_rate: 1.0e+09" not in lock, lock
