@@ -1,8 +1,11 @@
-"""Process-wide settings made before Prefect or MLflow is imported: project-local state, no telemetry."""
+"""Process-wide settings made before Prefect or MLflow is imported: project-local state, no telemetry; interrupts
+that clean up; a temporary Prefect server that never outlives the run that started it."""
 
 from __future__ import annotations
 
 import os
+import signal
+import types
 from pathlib import Path
 
 
@@ -26,3 +29,96 @@ def configure(root: Path) -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived: raised in the main thread, so every `finally` (temporaries, the run lock) runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_received: list[int] = []
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    _received.append(signum)
+    raise Interrupted(signum)
+
+
+def handle_interrupts() -> None:
+    """Turn SIGINT and SIGTERM into `Interrupted` (Python's default SIGTERM ends the process with no cleanup)."""
+    _received.clear()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _raise_interrupted)
+
+
+def interrupt_signal(exc: BaseException) -> int | None:
+    """The signal that stopped the command, or None when `exc` is no interrupt. Prefect swaps in its own SIGTERM
+    handler during a flow run (raising its TerminationSignal), so the first signal received is what counts."""
+    if _received:
+        return _received[0]
+    if isinstance(exc, Interrupted):
+        return exc.signum
+    if type(exc).__name__ == "TerminationSignal" and isinstance(getattr(exc, "signal", None), int):
+        return exc.signal
+    if isinstance(exc, KeyboardInterrupt):
+        return int(signal.SIGINT)
+    return None
+
+
+# Runs in the temporary Prefect server's process before uvicorn: a thread that stops the server once the process that
+# started it is gone, however it died (SIGKILL included), so no orphaned server outlives a killed run.
+_WATCHDOG = """\
+import os, runpy, signal, sys, threading, time
+parent = int(sys.argv[1])
+def watch():
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+    os._exit(1)
+threading.Thread(target=watch, daemon=True, name="alignloop-parent-watchdog").start()
+sys.argv = ["uvicorn", *sys.argv[2:]]
+runpy.run_module("uvicorn", run_name="__main__", alter_sys=True)
+"""
+
+
+def _with_watchdog(args: list[str]) -> list[str]:
+    if list(args[1:3]) == ["-m", "uvicorn"]:
+        return [args[0], "-c", _WATCHDOG, str(os.getpid()), *args[3:]]
+    return list(args)
+
+
+def tie_prefect_server_to_this_process() -> None:
+    """Make the temporary server that Prefect starts when no PREFECT_API_URL is set (a `python -m uvicorn`
+    subprocess, `SubprocessASGIServer`) stop when this process ends, even by SIGKILL: its command gets the watchdog
+    above. Prefect stops it itself at a normal exit (atexit)."""
+    from prefect.server.api import server as prefect_server
+
+    cls = prefect_server.SubprocessASGIServer
+    if getattr(cls, "_alignloop_watchdog", False):
+        return
+    original = cls._run_uvicorn_command
+
+    def run_uvicorn_command(self):  # type: ignore[no-untyped-def]
+        module_subprocess = prefect_server.subprocess
+        real_popen = module_subprocess.Popen
+
+        class WatchedPopen(real_popen):  # type: ignore[misc, valid-type]
+            def __init__(self, args, *rest, **kwargs):  # type: ignore[no-untyped-def]
+                # Its own session: a Ctrl-C in the terminal reaches the run, which then still needs the server to
+                # record the interrupted state; the server stops when the run ends.
+                kwargs.setdefault("start_new_session", True)
+                super().__init__(_with_watchdog(list(args)), *rest, **kwargs)
+
+        shim = types.SimpleNamespace(**{**vars(module_subprocess), "Popen": WatchedPopen})
+        prefect_server.subprocess = shim
+        try:
+            return original(self)
+        finally:
+            prefect_server.subprocess = module_subprocess
+
+    cls._run_uvicorn_command = run_uvicorn_command
+    cls._alignloop_watchdog = True

@@ -33,6 +33,10 @@ class StageError(RuntimeError):
     """A stage failed; the message names the stage, the iteration and the cause."""
 
 
+# The stage this process is running (its key, e.g. `optimize-1`), None between stages: an interrupt names it.
+current_stage: str | None = None
+
+
 def _where(name: str, iteration: int) -> str:
     return f"stage {name}" + (f" (iteration {iteration})" if STAGES[name].per_iteration else "")
 
@@ -72,9 +76,12 @@ def run_step(stage: Stage, iteration: int, cfg: Config, layout: Layout, written:
     force = _reads_any(stage, cfg, layout, iteration, written) or not cache.is_fresh(stage, cfg, layout, iteration, key)
     runner = stage_task.with_options(refresh_cache=force, retries=cfg.pipeline.retries.get(stage.name, 0),
                                      retry_delay_seconds=cfg.pipeline.retry_delay_seconds)
+    global current_stage
+    current_stage = stage.key(iteration)
     state = runner(stage.name, iteration, cfg.model_dump(mode="json"), str(layout.root), key, force,
                    return_state=True)
     result = state.result()  # raises the task's StageError if it failed
+    current_stage = None
     status = "cached" if state.name == "Cached" else result["status"]
     if status == "ran":
         written += [str(path) for path in stage.outs(layout, cfg, iteration)]
@@ -129,10 +136,12 @@ def _pipeline(params_path: str, root: str, scheduled: bool) -> dict[str, Any]:
             steps["report"] = run_step(STAGES["report"], 0, cfg, layout, written)
             _sync_dvc(cfg, layout)
     except BaseException:
-        try:  # the stages that finished before the failure are recorded for `dvc repro` too
-            _sync_dvc(cfg, layout)
+        try:
+            for stage, iteration in plan(cfg):  # what a stopped stage left half-written (atomic_path cleans its own)
+                cache.remove_scratch(stage, cfg, layout, iteration)
+            _sync_dvc(cfg, layout)  # the stages that finished before the failure are recorded for `dvc repro` too
         except Exception as exc:  # noqa: BLE001 - never hide the failure that stopped the run
-            log.warning("dvc commit after the failure did not run (dvc.lock is behind): %s: %s",
+            log.warning("clean-up after the failure did not finish (dvc.lock may be behind): %s: %s",
                         type(exc).__name__, exc)
         raise
 
