@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from alignloop.config_base import ConfigError, Section, describe_error
 from alignloop.config_data import DataConfig
+from alignloop.config_reward import RewardConfig
 
 
 class TestbedConfig(Section):
@@ -38,6 +39,9 @@ class TestbedConfig(Section):
     """Training prompts generated once; iteration i takes the next `sample.num_prompts` of them, wrapping around."""
     eval_size: int = Field(300, ge=1)
     """Prompts per evaluation split (in_distribution, harder, unseen_composition)."""
+    label_noise: float = Field(0.0, ge=0, le=0.5)
+    """Fraction of the `reward_model` stage's training pairs whose labels are flipped (recorded per pair), to train
+    and score reward models on noisy preferences."""
 
     @model_validator(mode="after")
     def _lengths_ordered(self) -> TestbedConfig:
@@ -127,7 +131,7 @@ class RankConfig(Section):
     (`rank.pairrm`): each response's score is its mean preference over the others, both orders compared."""
     reward_model: str | None = None
     """`ranker: reward_model`: a local directory or hub id of an AutoModelForSequenceClassification with one label
-    and a chat template of its own."""
+    and a chat template of its own; null with `reward.enabled` uses the reward model the run trains."""
     pairrm: str | None = None
     """`ranker: pairrm`: a local directory or hub id of a PairRM checkpoint in the `llm-blender/PairRM-hf` format."""
     batch_size: int = Field(32, ge=1)
@@ -138,9 +142,7 @@ class RankConfig(Section):
     """Best vs worst of the N responses; prompts whose responses all tie are dropped."""
 
     @model_validator(mode="after")
-    def _reward_model_given(self) -> RankConfig:
-        if self.ranker == "reward_model" and not self.reward_model:
-            raise ValueError("reward_model: required when ranker is reward_model (a directory or hub id)")
+    def _pairrm_given(self) -> RankConfig:
         if self.ranker == "pairrm" and not self.pairrm:
             raise ValueError("pairrm: required when ranker is pairrm (a directory or hub id, e.g. "
                              "llm-blender/PairRM-hf)")
@@ -274,7 +276,7 @@ class CFNConfig(Section):
     responses)."""
 
 
-STAGE_NAMES = ("prepare", "sft", "sample", "rank", "evolve", "cfn", "optimize", "benchmark", "report")
+STAGE_NAMES = ("prepare", "sft", "reward_model", "sample", "rank", "evolve", "cfn", "optimize", "benchmark", "report")
 
 
 class PipelineConfig(Section):
@@ -318,6 +320,7 @@ class Config(Section):
     evolve: EvolveConfig = EvolveConfig()
     cfn: CFNConfig = CFNConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
+    reward: RewardConfig = RewardConfig()
     pipeline: PipelineConfig = PipelineConfig()
     schedule: ScheduleConfig = ScheduleConfig()
 
@@ -339,11 +342,30 @@ class Config(Section):
         if self.benchmark.max_new_tokens >= self.model.max_length:
             raise ValueError(f"benchmark.max_new_tokens: must be < model.max_length ({self.model.max_length}), got "
                              f"{self.benchmark.max_new_tokens}")
+        self._reward_model_known()
         micro = self.optimize.micro_batch_size
         if micro is not None and micro > self.optimize.batch_size:
             raise ValueError(f"optimize.micro_batch_size: must be <= optimize.batch_size ({self.optimize.batch_size}),"
                              f" got {micro}")
+        from alignloop.config_checks import check_config  # values no run can use (alignloop/config_checks.py)
+        check_config(self)
         return self
+
+    def _reward_model_known(self) -> None:
+        """The ranker's reward model is named, or trained by the run; the trained one needs pairs to train on."""
+        trained = self.reward.enabled and self.rank.ranker == "reward_model"
+        if self.rank.ranker == "reward_model" and not self.rank.reward_model and not self.reward.enabled:
+            raise ValueError("rank.reward_model: required when rank.ranker is reward_model (a directory or hub id), "
+                             "unless reward.enabled trains one")
+        if trained and self.rank.reward_model:
+            raise ValueError("rank.reward_model: leave it empty with reward.enabled (the run ranks with the reward "
+                             "model it trains), or set reward.enabled: false")
+        if self.reward.enabled and not self.data.is_testbed and self.reward.data is None:
+            raise ValueError("reward.data: required with data.train (preference pairs with prompt, chosen and "
+                             "rejected columns); the testbed builds its own")
+        if self.reward.enabled and self.reward.max_new_tokens >= self.model.max_length:
+            raise ValueError(f"reward.max_new_tokens: must be < model.max_length ({self.model.max_length}), got "
+                             f"{self.reward.max_new_tokens}")
 
     def section_hash(self, *names: str) -> str:
         """A stable hash of some top-level sections (cache keys, policy ids)."""
@@ -390,8 +412,10 @@ def load_config(path: str | Path = "params.yaml") -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such file (copy params.yaml from the repository or pass --params)")
+    from alignloop.config_checks import load_params_yaml
+
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_params_yaml(path.read_text(encoding="utf-8"), str(path))
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
     except yaml.YAMLError as exc:

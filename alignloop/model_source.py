@@ -76,6 +76,8 @@ def hub_models(cfg: Config, root: Path) -> dict[str, str]:
     ranker = ranker_model(cfg)
     if ranker is not None:
         named[ranker[0]] = ranker[1]
+    if cfg.reward.enabled and cfg.reward.init != "policy":
+        named["reward.init"] = cfg.reward.init
     return {key: value for key, value in named.items() if value != "testbed" and not is_local(value, root)}
 
 
@@ -112,22 +114,45 @@ def base_model_deps(cfg: Config, layout: Layout) -> list[Path]:
     return model_deps(cfg.model.name_or_path, "model.name_or_path", layout)
 
 
+def trains_ranker(cfg: Config) -> bool:
+    """The ranker is the reward model this run trains (`reward.enabled`, no `rank.reward_model`)."""
+    return cfg.rank.ranker == "reward_model" and cfg.reward.enabled and not cfg.rank.reward_model
+
+
 def ranker_model(cfg: Config) -> tuple[str, str] | None:
-    """(params key, directory or hub id) of the ranker's model; None for the gold scorer."""
-    if cfg.rank.ranker == "gold":
+    """(params key, directory or hub id) of the ranker's model given in params; None for the gold scorer and for
+    the reward model the run trains."""
+    if cfg.rank.ranker == "gold" or trains_ranker(cfg):
         return None
     key = f"rank.{cfg.rank.ranker}"
     return key, getattr(cfg.rank, cfg.rank.ranker)
 
 
 def ranker_model_dir(cfg: Config, layout: Layout) -> Path | None:
+    if trains_ranker(cfg):
+        return layout.reward_model
     named = ranker_model(cfg)
     return None if named is None else model_dir(named[1], named[0], layout)
 
 
 def ranker_deps(cfg: Config, layout: Layout) -> list[Path]:
+    if trains_ranker(cfg):
+        return [layout.reward_model]
     named = ranker_model(cfg)
     return [] if named is None else model_deps(named[1], named[0], layout)
+
+
+def reward_init_dir(cfg: Config, layout: Layout) -> Path:
+    """The model the `reward_model` stage starts from: policy 0, or `reward.init`."""
+    if cfg.reward.init == "policy":
+        return policy_dir(cfg, layout, 0)
+    return model_dir(cfg.reward.init, "reward.init", layout)
+
+
+def reward_init_deps(cfg: Config, layout: Layout) -> list[Path]:
+    if cfg.reward.init == "policy":
+        return policy_deps(cfg, layout, 0)
+    return model_deps(cfg.reward.init, "reward.init", layout)
 
 
 def policy_dir(cfg: Config, layout: Layout, iteration: int) -> Path:

@@ -41,6 +41,11 @@ class Layout:
         return self.data / "eval" / f"{split}.jsonl"
 
     @property
+    def preferences(self) -> Path:
+        """`reward.data`'s pairs as prepare read them (prompt, chosen, rejected, split)."""
+        return self.data / "preferences.jsonl"
+
+    @property
     def base_model(self) -> Path:
         """The untrained testbed model and tokenizer (SFT's starting point)."""
         return self.data / "base_model"
@@ -63,6 +68,26 @@ class Layout:
     @property
     def sft(self) -> Path:
         return self.artifacts / "sft"
+
+    @property
+    def reward(self) -> Path:
+        """The `reward_model` stage's output: model/, pairs.jsonl, stats.json, train_log.json (written as one)."""
+        return self.artifacts / "reward_model"
+
+    @property
+    def reward_model(self) -> Path:
+        """The trained reward model: a one-label sequence classifier with its tokenizer."""
+        return self.reward / "model"
+
+    @property
+    def reward_pairs(self) -> Path:
+        """Its training and held-out pairs, with the ensemble's preference strength (and, on the testbed, which
+        labels were flipped)."""
+        return self.reward / "pairs.jsonl"
+
+    @property
+    def reward_stats(self) -> Path:
+        return self.reward / "stats.json"
 
     def iteration(self, i: int) -> Path:
         return self.sft if i == 0 else self.artifacts / f"iter-{i}"

@@ -1,6 +1,7 @@
 """Checks that need the files a run names but no work: every one fails with a `ConfigError` naming its key, so a run
 with a missing model, a model without a chat template, a reward model that is not a one-label classifier, or a
-prompt file or column that does not exist stops before any stage starts (exit code 2).
+prompt file or column that does not exist, or a preference file without chosen/rejected columns stops before any
+stage starts (exit code 2).
 
 Hub models and dataset names are checked by `prepare`, the only stage that may use the network.
 """
@@ -80,7 +81,25 @@ def check_prompt_files(cfg: Config, root: Path) -> None:
         quiet.setLevel(level)
 
 
+def check_reward(cfg: Config, root: Path) -> None:
+    """The reward model's starting point exists, and a local preference file has its columns and both splits."""
+    if not cfg.reward.enabled:
+        return
+    if cfg.reward.init != "policy" and is_local(cfg.reward.init, root):
+        local_model_dir(cfg.reward.init, root, "reward.init")
+    if cfg.reward.data is not None and _is_local_file(cfg.reward.data.path, root):
+        from alignloop.preference_data import read_preference_pairs
+
+        quiet = logging.getLogger("alignloop.preference_data")
+        level, quiet.level = quiet.level, logging.WARNING  # prepare logs the counts when it runs
+        try:
+            read_preference_pairs(cfg.reward.data, root, cfg.reward.eval_fraction)
+        finally:
+            quiet.setLevel(level)
+
+
 def preflight(cfg: Config, root: Path) -> None:
     check_policy(cfg, root)
     check_ranker(cfg, root)
     check_prompt_files(cfg, root)
+    check_reward(cfg, root)

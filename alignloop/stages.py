@@ -1,8 +1,9 @@
 """The stage registry: each stage declared once (function, inputs, outputs, params, code), driven by the CLI,
 the Prefect flow and `dvc.yaml` alike.
 
-The plan of a run is `prepare → sft → benchmark 0 → (sample → rank → [evolve] → [cfn] → optimize → benchmark)
-× iterations → report`; evolve runs under eva (`evolve.enabled`), cfn under COPO (`optimize.exploration: copo`).
+The plan of a run is `prepare → sft → [reward_model] → benchmark 0 → (sample → rank → [evolve] → [cfn] → optimize → benchmark)
+× iterations → report`; evolve runs under eva (`evolve.enabled`), cfn under COPO (`optimize.exploration: copo`), reward_model with
+`reward.enabled`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Callable
 
 from alignloop import cache
 from alignloop.config import Config
-from alignloop.model_source import base_model_deps, policy_deps, ranker_deps
+from alignloop.model_source import base_model_deps, policy_deps, ranker_deps, reward_init_deps
 from alignloop.paths import Layout, eval_split_names
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -56,6 +57,11 @@ def _prepare(cfg, layout, i):
 def _sft(cfg, layout, i):
     from alignloop.tasks.sft import run_sft
     run_sft(cfg, layout)
+
+
+def _reward_model(cfg, layout, i):
+    from alignloop.tasks.reward_model import run_reward_model
+    run_reward_model(cfg, layout)
 
 
 def _sample(cfg, layout, i):
@@ -112,9 +118,23 @@ def _reference_deps(layout: Layout, cfg: Config, i: int) -> list[Path]:
 
 
 def _prepare_params(cfg: Config) -> tuple[str, ...]:
-    """Real prompts are filtered by the room sampling and benchmarks need, and a hub reward model is fetched."""
+    """Real prompts are filtered by the room sampling and benchmarks need, a hub reward model is fetched, and
+    `reward.data`'s pairs are read."""
     real = ("sample", "benchmark", "rank") if not cfg.data.is_testbed or cfg.rank.ranker != "gold" else ()
-    return ("seed", "testbed", "data", "model", *real)
+    reward = ("reward",) if cfg.reward.enabled and (cfg.reward.data is not None or cfg.reward.init != "policy") else ()
+    return ("seed", "testbed", "data", "model", *real, *reward)
+
+
+def _reward_params(cfg: Config) -> tuple[str, ...]:
+    return ("seed", "reward", "model", *(("testbed",) if cfg.reward.data is None else ()))
+
+
+def _reward_deps(layout: Layout, cfg: Config, i: int) -> list[Path]:
+    """The pairs' source, the starting model, and policy 0 when its samples are needed (testbed pairs, MetaRM)."""
+    testbed = cfg.reward.data is None
+    policy = policy_deps(cfg, layout, 0) if testbed or cfg.reward.metarm else []
+    source = layout.train_prompts if testbed else layout.preferences
+    return list(dict.fromkeys([source, *reward_init_deps(cfg, layout), *policy]))
 
 
 def _eval_sets(layout: Layout, cfg: Config) -> list[Path]:
@@ -127,16 +147,20 @@ def _benchmark_outs(layout: Layout, cfg: Config, i: int) -> list[Path]:
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("prepare", _prepare, _prepare_params,
-          ("tasks/prepare.py", "prompt_data.py", *_MODEL, *_TESTBED),
+          ("tasks/prepare.py", "prompt_data.py", "preference_data.py", *_MODEL, *_TESTBED),
           deps=lambda layout, cfg, i: [],
           outs=lambda layout, cfg, i: [layout.data], per_iteration=False),
     Stage("sft", _sft, ("seed", "model", "sft"), ("tasks/sft.py", "models/policy.py", "models/training.py"),
           deps=lambda layout, cfg, i: [layout.sft_data, *base_model_deps(cfg, layout)],
           outs=lambda layout, cfg, i: [layout.policy(0), layout.train_log(0)], per_iteration=False),
+    Stage("reward_model", _reward_model, _reward_params,
+          ("tasks/reward_model.py", "pairing.py", "models/reward_training.py", "models/reward_losses.py",
+           "models/reward_model.py", "models/batching.py", "models/training.py", "testbed/scorer.py", *_MODEL),
+          deps=_reward_deps, outs=lambda layout, cfg, i: [layout.reward], per_iteration=False),
     Stage("sample", _sample, ("seed", "sample", "model"), ("tasks/sample.py", *_MODEL),
           deps=lambda layout, cfg, i: [layout.sample_prompts(i, cfg.evolve.enabled), *policy_deps(cfg, layout, i - 1)],
           outs=lambda layout, cfg, i: [layout.prompts(i), layout.samples(i)]),
-    Stage("rank", _rank, ("rank", "model"), ("tasks/rank.py", *_RANKERS),
+    Stage("rank", _rank, ("rank", "model"), ("tasks/rank.py", "pairing.py", *_RANKERS),
           deps=lambda layout, cfg, i: [layout.prompts(i), layout.samples(i), *ranker_deps(cfg, layout)],
           outs=lambda layout, cfg, i: [layout.scores(i), layout.pairs(i), layout.rank_stats(i)]),
     Stage("evolve", _evolve, ("seed", "evolve", "sample", "model"),
@@ -176,8 +200,9 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
 def iteration_stages(cfg: Config, iteration: int) -> tuple[str, ...]:
     """The stages of one iteration, in order. `evolve` writes the next iteration's prompts, so the last iteration
     has none (growing the run adds it)."""
-    if iteration == 0:  # without SFT, policy 0 is the base model itself
-        return ("sft", "benchmark") if cfg.sft.enabled else ("benchmark",)
+    if iteration == 0:  # without SFT, policy 0 is the base model itself; a trained reward model judges benchmark 0
+        return (*(("sft",) if cfg.sft.enabled else ()), *(("reward_model",) if cfg.reward.enabled else ()),
+                "benchmark")
     evolve = ("evolve",) if cfg.evolve.enabled and iteration < cfg.iterations else ()
     cfn = ("cfn",) if cfg.optimize.exploration == "copo" else ()
     return ("sample", "rank", *evolve, *cfn, "optimize", "benchmark")

@@ -6,8 +6,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +88,28 @@ def snapshot(project: Path) -> dict[str, str]:
 def copy_project(source: Path, target: Path) -> Path:
     shutil.copytree(source, target, symlinks=True)
     return target
+
+
+def run_until_killed(project: Path, marker: str, delay: float) -> str:
+    """Start `alignloop run`, SIGKILL its whole process group `delay` s after `marker` is printed."""
+    process = subprocess.Popen([ALIGNLOOP, "run"], cwd=project, env=env_for(project), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                               start_new_session=True)
+    seen = threading.Event()
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.append(line)
+            if marker in line:
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert seen.wait(timeout=600), "never reached the kill point:\n" + "".join(lines[-40:])
+    time.sleep(delay)
+    assert process.poll() is None, "the run ended before the kill:\n" + "".join(lines[-40:])
+    os.killpg(process.pid, signal.SIGKILL)  # a power cut: the flow and Prefect's server die at once
+    process.wait(timeout=60)
+    reader.join(timeout=10)
+    return "".join(lines)

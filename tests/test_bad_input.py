@@ -48,6 +48,14 @@ def _two_label_reward_model(tmp_path: Path, fixture_dir: Path) -> dict:
     return {"rank": {"reward_model": "two_labels"}}
 
 
+def _pairrm_without_prefix_ids(tmp_path: Path, fixture_dir: Path) -> dict:
+    pairrm = _copy(REPO / "tests" / "data" / "pairrm_tiny", tmp_path / "pairrm")
+    config = json.loads((pairrm / "config.json").read_text())
+    del config["source_prefix_id"]
+    (pairrm / "config.json").write_text(json.dumps(config))
+    return {"rank": {"ranker": "pairrm", "pairrm": "pairrm", "reward_model": None}}
+
+
 CASES = {
     "missing model": (lambda tmp, fx: {"model": {"name_or_path": "./models/nope"}},
                       "model.name_or_path: ./models/nope: no such directory"),
@@ -60,6 +68,11 @@ CASES = {
                               "data.train: no prompts left after filtering"),
     "no chat template": (_no_chat_template, "model.name_or_path:"),
     "reward model with two labels": (_two_label_reward_model, "rank.reward_model:"),
+    "PairRM without prefix ids": (_pairrm_without_prefix_ids, "rank.pairrm:"),
+    "preference data without chosen": (
+        lambda tmp, fx: {"rank": {"reward_model": None}, "reward": {"enabled": True, "data": {
+            "path": "fixture/prompts/train.parquet", "chosen_column": "better"}}},
+        "reward.data.chosen_column: no column 'better' in"),
     "causal LM as reward model": (lambda tmp, fx: {"rank": {"reward_model": "fixture/policy"}},
                                   "is a Qwen2ForCausalLM, not a sequence classifier"),
 }
@@ -77,6 +90,8 @@ def test_bad_input_is_one_line_and_exit_2_before_any_work(case, tmp_path, fixtur
         assert "columns are: prompt, prompt_id, messages, chosen, rejected" in lines[0]
     if case == "no chat template":
         assert "no chat template" in lines[0]
+    if case == "PairRM without prefix ids":
+        assert "source_prefix_id" in lines[0]
     if case == "reward model with two labels":
         assert "2 labels" in lines[0]
     assert not (tmp_path / "data").exists() and not (tmp_path / "artifacts").exists()

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_helpers import ALIGNLOOP, DVC, REPO, merge, run, snapshot, statuses
-from test_resume import _run_until_killed
+from pipeline_helpers import ALIGNLOOP, DVC, REPO, merge, run, run_until_killed, snapshot, statuses
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +88,7 @@ def test_dvc_agrees_after_the_run(reference) -> None:
 def test_a_kill_inside_iteration_2_optimize_resumes_to_identical_artifacts(reference, tmp_path: Path) -> None:
     _, reference_files = reference
     project = make_own_project(tmp_path / "killed")
-    _run_until_killed(project, marker="optimize iteration 2:", delay=1.0)
+    run_until_killed(project, marker="optimize iteration 2:", delay=1.0)
     assert (project / "artifacts/iter-2/pairs.jsonl").is_file()
     assert not (project / "artifacts/iter-2/policy").exists()
     run([ALIGNLOOP, "run"], project)

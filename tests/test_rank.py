@@ -7,7 +7,8 @@ import pytest
 from alignloop.config import parse_config
 from alignloop.io import read_json, read_jsonl, write_jsonl
 from alignloop.paths import Layout
-from alignloop.tasks.rank import best_vs_worst, build_pairs, run_rank
+from alignloop.pairing import best_vs_worst, build_pairs
+from alignloop.tasks.rank import run_rank
 
 
 def _samples(prompt_id: str, responses: list[str], finished=lambda index: index % 2 == 0) -> list[dict]:

@@ -8,17 +8,14 @@ end with exactly the reference's bytes (which also shows that two runs with the 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from pipeline_helpers import (ALIGNLOOP, artifact_files, copy_project, env_for, make_project, run, set_params,
-                              snapshot, statuses)
+from pipeline_helpers import (ALIGNLOOP, artifact_files, copy_project, make_project, run, run_until_killed,
+                              set_params, snapshot, statuses)
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -86,38 +83,13 @@ class Watcher(threading.Thread):
             time.sleep(0.02)
 
 
-def _run_until_killed(project: Path, marker: str, delay: float) -> str:
-    """Start `alignloop run`, SIGKILL its whole process group `delay` s after `marker` is printed."""
-    process = subprocess.Popen([ALIGNLOOP, "run"], cwd=project, env=env_for(project), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                               start_new_session=True)
-    seen = threading.Event()
-    lines: list[str] = []
-
-    def read() -> None:
-        for line in process.stdout:
-            lines.append(line)
-            if marker in line:
-                seen.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert seen.wait(timeout=600), "never reached the kill point:\n" + "".join(lines[-40:])
-    time.sleep(delay)
-    assert process.poll() is None, "the run ended before the kill:\n" + "".join(lines[-40:])
-    os.killpg(process.pid, signal.SIGKILL)  # a power cut: the flow and Prefect's server die at once
-    process.wait(timeout=60)
-    reader.join(timeout=10)
-    return "".join(lines)
-
-
 def test_crash_inside_optimize_of_iteration_2_resumes_to_identical_artifacts(reference, tmp_path: Path) -> None:
     reference_project, reference_files = reference
     project = make_project(tmp_path / "crashed", PARAMS)
 
     watcher = Watcher(project)
     watcher.start()
-    _run_until_killed(project, marker="optimize iteration 2:", delay=1.0)
+    run_until_killed(project, marker="optimize iteration 2:", delay=1.0)
     layout_policy = project / "artifacts" / "iter-2" / "policy"
     # The kill landed inside optimize-2: its inputs exist, its outputs do not.
     assert (project / "artifacts" / "iter-2" / "pairs.jsonl").is_file()

@@ -88,10 +88,7 @@ class RewardModelRanker:
         return self._score(texts, [f"pair {index}" for index in range(len(texts))])
 
     def encode(self, prompt: str, response: str) -> list[int]:
-        """Token ids of one formatted pair; the template carries its own special tokens, so none are added."""
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return encode_pair(self.tokenizer, prompt, response)
 
     def _score(self, pairs: list[tuple[str, str]], labels: list[str]) -> list[float]:
         encoded = [self.encode(prompt, response) for prompt, response in pairs]
@@ -108,18 +105,40 @@ class RewardModelRanker:
     @torch.inference_mode()
     def forward_batch(self, sequences: list[list[int]]) -> list[float]:
         """Scores of right-padded sequences, each read at its own last real token."""
-        lengths = torch.tensor([len(ids) for ids in sequences], device=self.device)
-        width = int(lengths.max())
-        input_ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long, device=self.device)
-        for row, ids in enumerate(sequences):
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask = (torch.arange(width, device=self.device) < lengths[:, None]).long()
-        head = getattr(self.model, "score", None)
-        if isinstance(head, torch.nn.Module):  # decoder classifier: last-token pooling done here, not by pad search
-            base = getattr(self.model, self.model.base_model_prefix)
-            hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            rows = torch.arange(len(sequences), device=self.device)
-            logits = head(hidden[rows, lengths - 1])
-        else:  # encoder classifiers (BERT-style) pool the first token, which padding cannot move
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        return logits[:, 0].float().tolist()
+        input_ids, attention_mask, lengths = right_padded(sequences, self.pad_id, self.device)
+        return pooled_forward(self.model, input_ids, attention_mask, lengths)[0].float().tolist()
+
+
+def encode_pair(tokenizer, prompt: str, response: str) -> list[int]:
+    """Token ids of one (prompt, response) in the reward model's own chat template ([user, assistant]); the template
+    carries its own special tokens, so none are added. Training and scoring both format through here."""
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def right_padded(sequences: list[list[int]], pad_id: int, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, lengths): (batch, width), (batch, width), (batch,); padding after each row."""
+    lengths = torch.tensor([len(ids) for ids in sequences], device=device)
+    width = int(lengths.max())
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long, device=device)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    attention_mask = (torch.arange(width, device=device) < lengths[:, None]).long()
+    return input_ids, attention_mask, lengths
+
+
+def pooled_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rewards (batch,), representations (batch, hidden)) of right-padded sequences: a decoder classifier's `score`
+    head read at each row's last real token (pooling done here, not by transformers' pad search), an encoder
+    classifier's logits with its first token's final hidden state (which padding cannot move)."""
+    head = getattr(model, "score", None)
+    if isinstance(head, torch.nn.Module):
+        base = getattr(model, model.base_model_prefix)
+        hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        pooled = hidden[torch.arange(len(lengths), device=hidden.device), lengths - 1]  # (batch, hidden)
+        return head(pooled)[:, 0], pooled
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    return out.logits[:, 0], out.hidden_states[-1][:, 0]

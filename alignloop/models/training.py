@@ -7,6 +7,7 @@ loads it with `AutoModelForCausalLM.from_pretrained` as it is.
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 
 import torch
@@ -76,6 +77,14 @@ def autocast(device: torch.device, name: str):
     if name == "none":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[name])
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warmup, then cosine decay to zero."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress_fraction = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_fraction)))
 
 
 def check_finite_weights(model, where: str) -> None:

@@ -5,7 +5,7 @@ and of sampled responses (`greedy_<judge>`, `sampled_<judge>`; a pairwise judge 
 by its margin over the SFT policy's greedy response), the win rate of greedy responses against the SFT
 policy's greedy responses (same judge, ties count half), mean response lengths in tokens, the mean token entropy of
 sampled responses, and the KL to the SFT policy on the policy's own samples, mean of log π_i(y|x) − log π_0(y|x).
-On the testbed also exact match. Greedy responses are exported in AlpacaEval's format for external evaluators.
+On the testbed also exact match, and the gold score when another judge ranks. Greedy responses are exported in AlpacaEval's format for external evaluators.
 Iteration 0 is the SFT policy.
 """
 
@@ -26,7 +26,7 @@ from alignloop.models.losses import sequence_sum
 from alignloop.models.policy import load_policy
 from alignloop.models.rankers import build_ranker
 from alignloop.paths import Layout, eval_split_names
-from alignloop.testbed.scorer import exact_match
+from alignloop.testbed.scorer import exact_match, gold_score
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,10 @@ def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
             f"{split}/kl_to_sft": 0.0 if kl is None else kl,
         }
         if all("answer" in row for row in rows):  # the testbed knows the right answer
+            if judge.name != "gold":  # the truth next to a learned judge's opinion (does optimising it drift?)
+                metrics[f"{split}/greedy_gold"] = mean(gold_score(r["answer"], g[0].text) for r, g in zip(rows, greedy))
+                metrics[f"{split}/sampled_gold"] = mean(gold_score(r["answer"], g.text)
+                                                        for r, gens in zip(rows, sampled) for g in gens)
             metrics[f"{split}/greedy_exact_match"] = mean(exact_match(r["answer"], g[0].text)
                                                           for r, g in zip(rows, greedy))
             metrics[f"{split}/sampled_exact_match"] = mean(exact_match(r["answer"], g.text)

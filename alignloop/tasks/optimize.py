@@ -30,8 +30,8 @@ from alignloop.models.losses import LOSSES, LossParams
 from alignloop.models.objective import (CopoTerm, Exploration, NLLTerm, Pair, PreferenceTerm, PromptedMargin,
                                         ReferenceModel, ReferenceSums, Term, forward, objective, sequence_sums)
 from alignloop.models.policy import load_policy
-from alignloop.models.training import (adapter_disabled, autocast, enable_gradient_checkpointing, save_policy,
-                                       with_lora)
+from alignloop.models.training import (adapter_disabled, autocast, enable_gradient_checkpointing, lr_factor,
+                                       save_policy, with_lora)
 from alignloop.paths import Layout
 from alignloop.progress import progress
 
@@ -128,14 +128,6 @@ def build_terms(cfg: Config, layout: Layout, iteration: int, rows: list[dict], p
             explore = load_exploration(cfg, layout, iteration, rows, policy, tokenizer)
         terms.append(CopoTerm(explore, opt.copo_alpha, opt.copo_scale, opt.copo_clip, policy, pad_id))
     return terms, extra
-
-
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warmup, then cosine decay to zero."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress_fraction = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_fraction)))
 
 
 def micro_batches(indices: list[int], size: int | None) -> list[list[int]]:

@@ -3,7 +3,8 @@
 On the testbed: its generated data and untrained model. With `data.train`: the prompt sets read with `datasets`,
 with stable content-hash ids, duplicates and evaluation prompts (leakage) removed from training, and prompts that
 leave no room to answer within `model.max_length` dropped — each removal counted in `data/prepare_stats.json`.
-Hub models (`model.name_or_path`, `rank.reward_model`) are downloaded here and their local snapshot recorded in
+`reward.data`'s preference pairs are read into `data/preferences.jsonl`. Hub models (`model.name_or_path`,
+`rank.reward_model`, `reward.init`) are downloaded here and their local snapshot recorded in
 `data/model.json`, so no later stage needs the network.
 """
 
@@ -56,6 +57,10 @@ def run_prepare(cfg: Config, layout: Layout) -> None:
             files, stats = build_testbed_data(cfg.testbed, cfg.seed), None
         else:
             files, stats = real_data(cfg, layout, resolved)
+        if cfg.reward.enabled and cfg.reward.data is not None:
+            from alignloop.preference_data import read_preference_pairs
+
+            files["preferences"] = read_preference_pairs(cfg.reward.data, layout.root, cfg.reward.eval_fraction)
         for name, rows in files.items():
             write_jsonl(staged_data / f"{name}.jsonl", rows)
         if stats is not None:
