@@ -236,9 +236,10 @@ def _log_to_file(root: Path, command_name: str) -> Path | None:
     return path
 
 
-def _setup(params: Path, check_files: bool = False) -> tuple[Config, Path]:
-    """Validate params before any work: a bad key stops here with exit code 2, and with `check_files` so does a
-    model, reward model or prompt file that cannot be used (alignloop/preflight.py)."""
+def _setup(params: Path, check_files: bool = False, runs: bool = False) -> tuple[Config, Path]:
+    """Validate params before any work: a bad key stops here with exit code 2; with `runs` (commands that run
+    stages) so does what this machine or the testbed makes impossible (alignloop/config_checks.py), and with
+    `check_files` a model, reward model or prompt file that cannot be used (alignloop/preflight.py)."""
     root = params.resolve().parent
     from alignloop import environment
 
@@ -246,6 +247,10 @@ def _setup(params: Path, check_files: bool = False) -> tuple[Config, Path]:
     _console_logging()
     try:
         cfg = load_config(params)
+        if runs:
+            from alignloop.config_checks import check_runnable
+
+            check_runnable(cfg)
         if check_files:
             from alignloop.preflight import preflight
 
@@ -267,7 +272,7 @@ def run(params: Path = PARAMS_OPTION) -> None:
     as Cached; only what is missing or out of date runs. Raise `iterations` in params.yaml to grow a finished run.
     Ctrl-C or SIGTERM stops it after removing the running stage's temporaries; finished stages are kept.
     """
-    cfg, root = _setup(params, check_files=True)
+    cfg, root = _setup(params, check_files=True, runs=True)
     _log_to_file(root, "run")
     from alignloop import environment
 
@@ -320,7 +325,7 @@ def serve(params: Path = PARAMS_OPTION,
     Needs a Prefect server: `prefect server start` in another terminal, then
     `export PREFECT_API_URL=http://127.0.0.1:4200/api`. Stops with Ctrl-C.
     """
-    cfg, root = _setup(params)
+    cfg, root = _setup(params, runs=True)
     if (interval is None) == (cron is None):
         _fail("give exactly one of --interval SECONDS or --cron EXPR", 2)
     if interval is not None and interval <= 0:
@@ -350,7 +355,7 @@ def stage(name: str = typer.Argument(
           iteration: int = typer.Option(0, "--iteration", "-i", help="The iteration (0 is SFT)."),
           params: Path = PARAMS_OPTION) -> None:
     """Run one stage on its own (what `dvc repro` calls)."""
-    cfg, root = _setup(params, check_files=name == "prepare")
+    cfg, root = _setup(params, check_files=name == "prepare", runs=True)
     from alignloop.models.policy import ModelLoadError
     from alignloop.paths import Layout
     from alignloop.stages import STAGES, run_stage

@@ -1,12 +1,15 @@
 """Values that pass the schema but no run can use, refused when params.yaml is loaded (one line naming the key).
 
-Two layers:
+Three layers:
 - `load_params_yaml` reads the file: a key written twice at any level (YAML keeps the last one silently) and a
   non-finite number (`.inf`, `.nan`) anywhere are refused before the schema sees them.
-- `check_config` (called at the end of `Config._sections_agree`) refuses combinations a run depends on and the schema
-  cannot express: a device this machine does not have, a testbed model whose rotary heads cannot be built, testbed
-  prompts that leave the model no room to answer, testbed sets larger than the world can draw, more prompts per
-  iteration than the pool holds, and an eva mix that rounds to no evolved prompts.
+- `check_config` (called at the end of `Config._sections_agree`, so for every Config) refuses combinations the
+  schema cannot express: non-finite numbers set in code, a testbed model whose rotary heads cannot be built, testbed
+  sets larger than the world can draw, more prompts per iteration than the pool holds, and an eva mix that rounds to
+  no evolved prompts.
+- `check_runnable` (called by the commands that run stages: `run`, `stage`, `serve`) refuses what this machine and
+  the testbed make impossible for a run: a device it does not have, and testbed prompts that leave the model no
+  position to answer in. A Config that only names a model or a tokenizer (in tests, in tools) may still hold these.
 
 Errors follow `Config._sections_agree`'s convention: `ValueError("<key path>: <message>")`, printed as is.
 """
@@ -88,14 +91,12 @@ def load_params_yaml(text: str, source: str = "params.yaml") -> Any:
 def check_config(cfg: Config) -> None:
     """Refuse what the schema lets through but a run cannot use; ValueError("<key path>: <message>")."""
     _finite_numbers(cfg.model_dump(mode="python"), ())
-    _device_exists(cfg.model.device)
     if cfg.model.name_or_path == "testbed" and cfg.model.architecture == "llama" and (
             cfg.model.n_embd // cfg.model.n_head) % 2:
         raise ValueError(f"model.n_head: the testbed's llama model needs an even head width (n_embd / n_head) for its "
                          f"rotary positions, got {cfg.model.n_embd} / {cfg.model.n_head} = "
                          f"{cfg.model.n_embd // cfg.model.n_head}")
     if cfg.data.is_testbed:
-        _testbed_prompts_fit(cfg)
         _testbed_sets_drawable(cfg)
         if cfg.sample.num_prompts > cfg.testbed.prompt_pool_size:
             raise ValueError(f"sample.num_prompts: must be <= testbed.prompt_pool_size ({cfg.testbed.prompt_pool_size})"
@@ -105,6 +106,16 @@ def check_config(cfg: Config) -> None:
         raise ValueError(f"evolve.evolved_fraction: {cfg.evolve.evolved_fraction} of sample.num_prompts "
                          f"({cfg.sample.num_prompts}) rounds to 0 evolved prompts; raise it to at least "
                          f"{0.5 / cfg.sample.num_prompts:.3g} (or 0 to keep only the buffer)")
+
+
+def check_runnable(cfg: Config) -> None:
+    """Refuse what a run of `cfg` cannot do on this machine (ConfigError naming the key); see the module docstring."""
+    try:
+        _device_exists(cfg.model.device)
+        if cfg.data.is_testbed:
+            _testbed_prompts_fit(cfg)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _device_exists(name: str) -> None:
