@@ -53,7 +53,9 @@ class RewardConfig(Section):
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(24, ge=1)
     epochs: float = Field(2.0, gt=0)
-    learning_rate: float = Field(3e-4, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    """On the testbed, 1e-3 for 2 epochs beat 3e-4 (held-out accuracy 0.68 vs 0.66 on clean labels) and 4 epochs
+    at batch 32 (0.66, overfitting)."""
     batch_size: int = Field(64, ge=2)
     """Pairs per optimizer step (and the SimCSE negatives' pool)."""
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
