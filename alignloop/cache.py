@@ -1,7 +1,8 @@
 """When a stage's result can be reused: a cache key over everything it reads, and a stamp over what it wrote.
 
-The key hashes the stage name, the iteration, the stage's slice of params.yaml, the content of its input artifacts and
-a code version (the source of every module the stage uses, plus the versions of the numeric libraries). The stamp,
+The key hashes the stage name, the iteration, the stage's slice of params.yaml, the content of its input artifacts, a
+code version (the source of every module the stage uses, plus the versions of the numeric libraries) and, for stages
+that run a model, the device type `model.device` resolves to (dtype is in the params). The stamp,
 written after the stage's outputs, records that key and a digest of each output; outputs that are missing, changed or
 half-written fail the stamp check, so the stage runs again. Both drivers (`alignloop run` and `dvc repro`) write stamps.
 """
@@ -71,6 +72,14 @@ def code_version(stage: Stage) -> str:
     return sha.hexdigest()
 
 
+@lru_cache(maxsize=None)
+def resolved_device(name: str) -> str:
+    """The device type `model.device` resolves to on this machine (cpu, cuda, ...)."""
+    from alignloop.models.policy import resolve_device
+
+    return resolve_device(name).type
+
+
 def _relative(path: Path, layout: Layout) -> str:
     return Path(os.path.relpath(path, layout.root)).as_posix()
 
@@ -91,6 +100,8 @@ def cache_key(stage: Stage, cfg: Config, layout: Layout, iteration: int) -> str:
         inputs[_relative(path, layout)] = value
     payload = {"stage": stage.name, "iteration": iteration if stage.per_iteration else None,
                "params": params_slice(stage, cfg), "inputs": inputs, "code": code_version(stage)}
+    if "model" in stage.params_of(cfg):  # `auto` runs on cuda or cpu, whose kernels give different numbers
+        payload["device"] = resolved_device(cfg.model.device)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

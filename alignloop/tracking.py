@@ -38,6 +38,18 @@ def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
 
 
+def reward_model_metrics(layout: Layout) -> dict[str, Any]:
+    """The trained reward model's held-out accuracy and, on the testbed, how well μ < 0 found flipped labels."""
+    if not layout.reward_stats.is_file():
+        return {}
+    stats = read_json(layout.reward_stats)
+    detection = stats.get("detection") or {}
+    named = {"eval_accuracy": stats.get("eval_accuracy"), "negative_strength_fraction":
+             stats.get("negative_strength_fraction"), "detection_precision": detection.get("precision"),
+             "detection_recall": detection.get("recall")}
+    return {f"reward_model/{key}": value for key, value in named.items() if value is not None}
+
+
 def git_commit(root: Path) -> str | None:
     try:
         result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
@@ -144,12 +156,14 @@ class Tracker:
         import mlflow
 
         row = iteration_row(self.layout, iteration)
-        values = finite_metrics(row["metrics"] | row["train"] | row["rank"] | row["evolve"] | row["cfn"])
+        values = finite_metrics(row["metrics"] | row["train"] | row["rank"] | row["evolve"] | row["cfn"]
+                                | (reward_model_metrics(self.layout) if iteration == 0 else {}))
         with mlflow.start_run(run_name=f"iteration-{iteration}", nested=True):
             mlflow.set_tag("iteration", iteration)
             mlflow.log_metrics(values, step=iteration)
             for path in (self.layout.metrics(iteration), self.layout.train_log(iteration),
-                         self.layout.rank_stats(iteration), self.layout.evolve_stats(iteration)):
+                         self.layout.rank_stats(iteration), self.layout.evolve_stats(iteration),
+                         *([self.layout.reward_stats] if iteration == 0 else [])):
                 if path.is_file():
                     mlflow.log_artifact(str(path))
             figure = training_curve(self.layout, iteration)

@@ -369,6 +369,8 @@ def test_code_paths_cover_every_computing_module_the_task_imports(name):
         if module in seen:
             continue
         seen.add(module)
+        if module.split(".")[1].startswith("config"):  # params validation, not computation (the slice is hashed)
+            continue
         path = PACKAGE_DIR.joinpath(*module.split(".")[1:]).with_suffix(".py")
         if path.is_file():
             todo.extend(_alignloop_imports(path))

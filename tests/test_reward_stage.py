@@ -8,7 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from pipeline_helpers import ALIGNLOOP, copy_project, make_project, run, run_until_killed, snapshot, statuses
+import yaml
+from pipeline_helpers import (ALIGNLOOP, REPO, copy_project, make_project, merge, run, run_until_killed, snapshot,
+                              statuses)
 
 pytestmark = pytest.mark.slow
 
@@ -61,3 +63,28 @@ def test_a_kill_inside_reward_training_resumes_to_identical_artifacts(reference,
     status = statuses(project)
     assert status["prepare"] == status["sft"] == "cached" and status["reward_model"] == "ran"
     assert snapshot(project) == reference[1]
+
+
+def test_own_model_path_trains_its_reward_model_from_preference_pairs(tmp_path):
+    """The fixture's chat model, its Parquet file's chosen/rejected columns as pairs, a Qwen2 classifier started from
+    policy 0, denoised and with MetaRM on the policy's own samples; then it ranks the iteration."""
+    project = tmp_path / "own"
+    project.mkdir()
+    params = merge(yaml.safe_load((REPO / "presets" / "own_model.yaml").read_text()), {
+        "iterations": 1, "rank": {"ranker": "reward_model", "reward_model": None},
+        "reward": {"enabled": True, "data": {"path": "fixture/prompts/train.parquet"}, "epochs": 1,
+                   "batch_size": 16, "ensemble_size": 2, "denoising": "flip", "metarm": True, "num_prompts": 16,
+                   "max_new_tokens": 16}})
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([ALIGNLOOP, "fixture", "fixture"], project)
+    run([ALIGNLOOP, "run"], project)
+    reward = project / "artifacts" / "reward_model"
+    stats = json.loads((reward / "stats.json").read_text())
+    assert stats["train_pairs"] > 100 and stats["eval_pairs"] > 10 and stats["label_noise"] is None
+    config = json.loads((reward / "model" / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2ForSequenceClassification"] and config.get("num_labels", 1) == 1
+    history = json.loads((reward / "train_log.json").read_text())["history"]
+    assert all("difference_score" in step for step in history)
+    scores = [json.loads(line) for line in (project / "artifacts" / "iter-1" / "scores.jsonl").open()]
+    assert {row["ranker"] for row in scores} == {"reward_model"}
+    assert "test/greedy_reward" in json.loads((project / "artifacts" / "iter-1" / "metrics.json").read_text())

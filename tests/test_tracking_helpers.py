@@ -198,3 +198,17 @@ def test_file_sha256(tmp_path):
     path.write_bytes(b"schema: '2.0'\n")
     assert file_sha256(path) == hashlib.sha256(b"schema: '2.0'\n").hexdigest()
     assert file_sha256(tmp_path) is None
+
+
+def test_reward_model_metrics_read_the_stage_stats(tmp_path):
+    from alignloop.io import write_json
+    from alignloop.paths import Layout
+    from alignloop.tracking import reward_model_metrics
+
+    layout = Layout(tmp_path)
+    assert reward_model_metrics(layout) == {}
+    write_json(layout.reward_stats, {"eval_accuracy": 0.7, "negative_strength_fraction": 0.25,
+                                     "detection": {"precision": 0.4, "recall": None}})
+    assert reward_model_metrics(layout) == {"reward_model/eval_accuracy": 0.7,
+                                            "reward_model/negative_strength_fraction": 0.25,
+                                            "reward_model/detection_precision": 0.4}

@@ -44,6 +44,14 @@ def explored_responses(cfg: Config, pairs: list[dict], model, tokenizer, iterati
     return [(gens[0].text, list(gens[0].token_ids), gens[0].finished) for gens in greedy]
 
 
+def check_bonuses(bonus: torch.Tensor, counts: torch.Tensor, iteration: int) -> None:
+    """inf/NaN bonuses would turn COPO's term into NaN at the first optimize step: stop here, naming the stage."""
+    bad = int((~torch.isfinite(bonus)).sum() + (~torch.isfinite(counts)).sum())
+    if bad:
+        raise ValueError(f"cfn iteration {iteration}: {bad} non-finite bonuses or pseudo-counts; nothing was saved. "
+                         "Lower cfn.learning_rate")
+
+
 def run_cfn(cfg: Config, layout: Layout, iteration: int) -> None:
     started = time.perf_counter()
     model, tokenizer = load_policy(policy_dir(cfg, layout, iteration - 1), cfg.model)
@@ -77,8 +85,7 @@ def run_cfn(cfg: Config, layout: Layout, iteration: int) -> None:
     bonus = bonuses(head, explored_features, cfg.cfn.bonus_exponent)
     counts = pseudo_counts(head, explored_features)
     train_done = time.perf_counter()
-    if not (torch.isfinite(bonus).all() and torch.isfinite(counts).all()):
-        raise ValueError(f"cfn iteration {iteration}: non-finite bonuses; lower cfn.learning_rate")
+    check_bonuses(bonus, counts, iteration)
 
     with atomic_path(layout.cfn(iteration)) as tmp:
         tmp.mkdir()

@@ -32,6 +32,28 @@ def sft_dataset(rows: list[dict]) -> Dataset:
     })
 
 
+class NonFiniteSFTLossError(FloatingPointError):
+    pass
+
+
+def check_logged_loss(logs: dict, step: int) -> None:
+    """Stop at the first logged non-finite loss, not after the remaining epochs: nothing is saved or stamped."""
+    loss = logs.get("loss")
+    if loss is not None and not math.isfinite(float(loss)):
+        raise NonFiniteSFTLossError(f"sft, step {step}: the training loss is {loss}; nothing was saved. Lower "
+                                    "sft.learning_rate")
+
+
+def stop_on_non_finite_loss():
+    from transformers import TrainerCallback
+
+    class StopOnNonFiniteLoss(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            check_logged_loss(logs or {}, state.global_step)
+
+    return StopOnNonFiniteLoss()
+
+
 def run_sft(cfg: Config, layout: Layout) -> Path:
     from trl import SFTConfig, SFTTrainer  # heavy import, only here
 
@@ -65,6 +87,7 @@ def run_sft(cfg: Config, layout: Layout) -> Path:
         save_strategy="no",
         report_to="none",
         logging_steps=25,
+        logging_nan_inf_filter=False,  # the Trainer would otherwise log a diverged loss as the running mean
         disable_tqdm=False,
         dataloader_num_workers=0,
         dataset_num_proc=None,
@@ -73,11 +96,11 @@ def run_sft(cfg: Config, layout: Layout) -> Path:
     if peft is not None:
         torch.manual_seed(cfg.seed)  # the adapter's init happens before the Trainer seeds itself
     trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(rows), processing_class=tokenizer,
-                         peft_config=peft)
+                         peft_config=peft, callbacks=[stop_on_non_finite_loss()])
     result = trainer.train()
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
     if not math.isfinite(result.training_loss) or any(not math.isfinite(entry["loss"]) for entry in history):
-        raise FloatingPointError(f"sft: the training loss became non-finite (final {result.training_loss}); nothing "
+        raise NonFiniteSFTLossError(f"sft: the training loss became non-finite (final {result.training_loss}); nothing "
                                  "was saved. Lower sft.learning_rate")
     save_policy(trainer.model, tokenizer, out_dir, "sft")
     write_json(layout.train_log(0), {"train_loss": result.training_loss, "steps": result.global_step,
