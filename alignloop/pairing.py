@@ -1,42 +1,81 @@
-"""Pairs from scored responses: each prompt's best response against its worst (pure; used by `rank` and by the
-reward model's testbed pairs)."""
+"""Pairs from scored responses (pure; used by `rank` and by the reward model's testbed pairs).
+
+Three rules pick (chosen, rejected) among a prompt's eligible responses; a pair needs a score gap above
+`min_gap` (0: any difference, so tied responses are never paired):
+- `max_min`: the best against the worst, one pair per prompt (first index on ties) — the default;
+- `best_vs_random`: the best against a random lower-scored response, one pair per prompt (seeded per prompt);
+- `all_pairs`: every ordered pair whose gap exceeds `min_gap`, up to N(N−1)/2 per prompt.
+"""
 
 from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+Picks = list[tuple[int, int]]  # (chosen, rejected) positions
+
+
+def _best(scores: list[float]) -> int:
+    return max(range(len(scores)), key=lambda k: (scores[k], -k))
 
 
 def best_vs_worst(samples: list[dict], scores: list[float]) -> tuple[int, int] | None:
     """(chosen, rejected) = positions of the highest- and lowest-scored responses (first on ties); None when all
     tie or fewer than two."""
+    picks = max_min(scores, 0.0, random.Random(0))
+    return picks[0] if picks else None
+
+
+def max_min(scores: list[float], min_gap: float, rng: random.Random) -> Picks:
     if len(scores) < 2:
-        return None
-    best = max(range(len(scores)), key=lambda k: (scores[k], -k))
-    worst = min(range(len(scores)), key=lambda k: (scores[k], k))
-    if scores[best] == scores[worst]:
-        return None
-    return best, worst
+        return []
+    best, worst = _best(scores), min(range(len(scores)), key=lambda k: (scores[k], k))
+    return [(best, worst)] if scores[best] - scores[worst] > min_gap else []
+
+
+def best_vs_random(scores: list[float], min_gap: float, rng: random.Random) -> Picks:
+    if len(scores) < 2:
+        return []
+    best = _best(scores)
+    lower = [k for k in range(len(scores)) if scores[best] - scores[k] > min_gap]
+    return [(best, rng.choice(lower))] if lower else []
+
+
+def all_pairs(scores: list[float], min_gap: float, rng: random.Random) -> Picks:
+    return [(i, j) for i in range(len(scores)) for j in range(len(scores)) if scores[i] - scores[j] > min_gap]
+
+
+PAIR_RULES: dict[str, Callable[[list[float], float, random.Random], Picks]] = {
+    "max_min": max_min, "best_vs_random": best_vs_random, "all_pairs": all_pairs}
 
 
 def build_pairs(prompts: list[dict], samples_by_prompt: dict[str, list[dict]],
-                scores_by_prompt: dict[str, list[float]], drop_unfinished: bool = True
-                ) -> tuple[list[dict], dict[str, int]]:
-    """Pairs, and how many prompts were dropped and why."""
-    pairs, dropped = [], {"all_tied": 0, "unfinished": 0}
+                scores_by_prompt: dict[str, list[float]], drop_unfinished: bool = True, rule: str = "max_min",
+                min_gap: float = 0.0, seed: int = 0) -> tuple[list[dict], dict[str, int]]:
+    """Pairs, and how many prompts gave none and why: all eligible responses tied, fewer than two eligible
+    (unfinished), or no score gap above `min_gap`."""
+    pick = PAIR_RULES[rule]
+    pairs, dropped = [], {"all_tied": 0, "unfinished": 0, "below_gap": 0}
     for row in prompts:
         samples, scores = samples_by_prompt[row["prompt_id"]], scores_by_prompt[row["prompt_id"]]
         eligible = [k for k, sample in enumerate(samples) if sample["finished"] or not drop_unfinished]
-        picked = best_vs_worst([samples[k] for k in eligible], [scores[k] for k in eligible])
-        if picked is None:
-            dropped["all_tied" if len(eligible) >= 2 else "unfinished"] += 1
+        eligible_scores = [scores[k] for k in eligible]
+        picks = pick(eligible_scores, min_gap, random.Random(f"{seed}-{row['prompt_id']}"))
+        if not picks:
+            reason = ("unfinished" if len(eligible) < 2 else "all_tied" if len(set(eligible_scores)) == 1
+                      else "below_gap")
+            dropped[reason] += 1
             continue
-        chosen_at, rejected_at = eligible[picked[0]], eligible[picked[1]]
-        chosen, rejected = samples[chosen_at], samples[rejected_at]
-        pairs.append({
-            "pair_id": f"{row['prompt_id']}-{chosen['sample_index']}-{rejected['sample_index']}",
-            "prompt_id": row["prompt_id"], "prompt": row["prompt"],
-            "chosen": chosen["response"], "rejected": rejected["response"],
-            "chosen_ids": chosen["response_ids"], "rejected_ids": rejected["response_ids"],
-            "chosen_finished": chosen["finished"], "rejected_finished": rejected["finished"],
-            "chosen_score": scores[chosen_at], "rejected_score": scores[rejected_at],
-            "chosen_index": chosen["sample_index"], "rejected_index": rejected["sample_index"],
-        })
+        for chosen_pos, rejected_pos in picks:
+            chosen_at, rejected_at = eligible[chosen_pos], eligible[rejected_pos]
+            chosen, rejected = samples[chosen_at], samples[rejected_at]
+            pairs.append({
+                "pair_id": f"{row['prompt_id']}-{chosen['sample_index']}-{rejected['sample_index']}",
+                "prompt_id": row["prompt_id"], "prompt": row["prompt"],
+                "chosen": chosen["response"], "rejected": rejected["response"],
+                "chosen_ids": chosen["response_ids"], "rejected_ids": rejected["response_ids"],
+                "chosen_finished": chosen["finished"], "rejected_finished": rejected["finished"],
+                "chosen_score": scores[chosen_at], "rejected_score": scores[rejected_at],
+                "chosen_index": chosen["sample_index"], "rejected_index": rejected["sample_index"],
+            })
     return pairs, dropped

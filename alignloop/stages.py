@@ -160,7 +160,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("sample", _sample, ("seed", "sample", "model"), ("tasks/sample.py", *_MODEL),
           deps=lambda layout, cfg, i: [layout.sample_prompts(i, cfg.evolve.enabled), *policy_deps(cfg, layout, i - 1)],
           outs=lambda layout, cfg, i: [layout.prompts(i), layout.samples(i)]),
-    Stage("rank", _rank, ("rank", "model"), ("tasks/rank.py", "pairing.py", *_RANKERS),
+    Stage("rank", _rank, ("seed", "rank", "model"), ("tasks/rank.py", "pairing.py", *_RANKERS),
           deps=lambda layout, cfg, i: [layout.prompts(i), layout.samples(i), *ranker_deps(cfg, layout)],
           outs=lambda layout, cfg, i: [layout.scores(i), layout.pairs(i), layout.rank_stats(i)]),
     Stage("evolve", _evolve, ("seed", "evolve", "sample", "model"),

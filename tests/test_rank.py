@@ -48,7 +48,7 @@ def test_build_pairs_on_three_prompts():
         "p3": [0.425, 0.75, 0.85, 0.0],
     }
     pairs, dropped = build_pairs(prompts, samples_by_prompt, scores_by_prompt, drop_unfinished=False)
-    assert dropped == {"all_tied": 1, "unfinished": 0}
+    assert dropped == {"all_tied": 1, "unfinished": 0, "below_gap": 0}
     assert len(pairs) == 2
     first, second = pairs
     assert first == {
@@ -70,7 +70,7 @@ def test_build_pairs_on_three_prompts():
     # By default responses cut by max_new_tokens (odd indices here) are never paired: p1 pairs its finished 0 and
     # 2 (0.85 vs 0.2), and p3 keeps only 0 and 2 (0.425 vs 0.85).
     pairs, dropped = build_pairs(prompts, samples_by_prompt, scores_by_prompt)
-    assert dropped == {"all_tied": 1, "unfinished": 0}
+    assert dropped == {"all_tied": 1, "unfinished": 0, "below_gap": 0}
     assert [(p["pair_id"], p["chosen_score"], p["rejected_score"]) for p in pairs] == [
         ("p1-0-2", 0.85, 0.2), ("p3-2-0", 0.85, 0.425)]
     assert all(p["chosen_finished"] and p["rejected_finished"] for p in pairs)
@@ -80,7 +80,7 @@ def test_a_prompt_with_fewer_than_two_finished_responses_is_dropped_and_counted(
     prompts = [{"prompt_id": "p", "prompt": "x"}]
     samples = {"p": _samples("p", ["a", "b", "c"], finished=lambda index: index == 1)}
     pairs, dropped = build_pairs(prompts, samples, {"p": [0.1, 0.5, 0.9]})
-    assert pairs == [] and dropped == {"all_tied": 0, "unfinished": 1}
+    assert pairs == [] and dropped == {"all_tied": 0, "unfinished": 1, "below_gap": 0}
 
 
 def test_run_rank_with_gold_scorer(tmp_path):
@@ -110,3 +110,38 @@ def test_run_rank_with_gold_scorer(tmp_path):
     assert stats["mean_sample_score"] == pytest.approx((sum(p1_scores) + 4 * 0.85) / 8)
     assert stats["mean_chosen_score"] == pytest.approx(1.0)
     assert stats["mean_rejected_score"] == pytest.approx(0.0)
+
+
+# ---------------------------------------------------------------- pair rules (alignloop/pairing.py)
+
+def _pairs_of(rule: str, scores: list[float], min_gap: float = 0.0, seed: int = 0) -> list[tuple[int, int]]:
+    samples = {"p": _samples("p", [f"r{k}" for k in range(len(scores))], finished=lambda index: True)}
+    pairs, _ = build_pairs([{"prompt_id": "p", "prompt": "q"}], samples, {"p": scores}, rule=rule,
+                           min_gap=min_gap, seed=seed)
+    return [(pair["chosen_index"], pair["rejected_index"]) for pair in pairs]
+
+
+def test_all_pairs_takes_every_pair_with_a_gap_above_the_minimum():
+    scores = [0.5, 0.9, 0.5, 0.1]
+    assert _pairs_of("all_pairs", scores) == [(0, 3), (1, 0), (1, 2), (1, 3), (2, 3)]  # the tie 0–2 is never paired
+    assert _pairs_of("all_pairs", scores, min_gap=0.4) == [(1, 3)]  # 0.4 is not above 0.4: gaps must exceed it
+    assert _pairs_of("all_pairs", [0.3, 0.3]) == []
+
+
+def test_best_vs_random_pairs_the_best_with_a_seeded_lower_response():
+    scores = [0.2, 0.9, 0.5, 0.1]
+    picked = {_pairs_of("best_vs_random", scores, seed=seed)[0] for seed in range(40)}
+    assert picked == {(1, 0), (1, 2), (1, 3)}  # every lower response is drawn, never the best itself
+    assert _pairs_of("best_vs_random", scores, seed=7) == _pairs_of("best_vs_random", scores, seed=7)
+    assert _pairs_of("best_vs_random", scores, min_gap=0.75) == [(1, 3)]  # only 0.9 − 0.1 exceeds 0.75
+
+
+def test_max_min_respects_the_gap_and_counts_why_prompts_give_no_pair():
+    assert _pairs_of("max_min", [0.2, 0.9, 0.5]) == [(1, 0)]
+    assert _pairs_of("max_min", [0.2, 0.9, 0.5], min_gap=0.6) == [(1, 0)]
+    assert _pairs_of("max_min", [0.2, 0.9, 0.5], min_gap=0.75) == []
+    samples = {pid: _samples(pid, ["a", "b"], finished=lambda index: True) for pid in ("tied", "close", "ok")}
+    prompts = [{"prompt_id": pid, "prompt": pid} for pid in samples]
+    _, dropped = build_pairs(prompts, samples, {"tied": [0.5, 0.5], "close": [0.5, 0.6], "ok": [0.0, 1.0]},
+                             min_gap=0.2)
+    assert dropped == {"all_tied": 1, "unfinished": 0, "below_gap": 1}

@@ -1,4 +1,5 @@
-"""Stage `rank`: score every response and build chosen/rejected pairs (best vs worst, ties dropped).
+"""Stage `rank`: score every response and build chosen/rejected pairs (`rank.pair_rule`, alignloop/pairing.py;
+best vs worst by default, ties never paired).
 
 Responses cut by `sample.max_new_tokens` are scored but, with `rank.drop_unfinished` (the default), never paired:
 a cut response has no ending to prefer or reject, and training on it teaches the model to stop nowhere.
@@ -38,7 +39,8 @@ def run_rank(cfg: Config, layout: Layout, iteration: int) -> None:
                                         for row in prompts])
     check_scores(score_lists, prompts, cfg.rank.ranker)
     scores_by_prompt = {row["prompt_id"]: scores for row, scores in zip(prompts, score_lists)}
-    pairs, dropped = build_pairs(prompts, samples_by_prompt, scores_by_prompt, cfg.rank.drop_unfinished)
+    pairs, dropped = build_pairs(prompts, samples_by_prompt, scores_by_prompt, cfg.rank.drop_unfinished,
+                                 cfg.rank.pair_rule, cfg.rank.min_score_gap, seed=cfg.seed + iteration)
 
     write_jsonl(layout.scores(iteration), (
         {"prompt_id": row["prompt_id"], "sample_index": index, "score": score, "ranker": cfg.rank.ranker}
@@ -47,7 +49,7 @@ def run_rank(cfg: Config, layout: Layout, iteration: int) -> None:
     all_scores = [score for scores in score_lists for score in scores]
     unfinished = sum(not s["finished"] for group in samples_by_prompt.values() for s in group)
     stats = {"prompts": len(prompts), "pairs": len(pairs), "dropped_all_tied": dropped["all_tied"],
-             "dropped_unfinished": dropped["unfinished"], "unfinished_responses": unfinished,
+             "dropped_unfinished": dropped["unfinished"], "dropped_below_gap": dropped["below_gap"], "unfinished_responses": unfinished,
              "mean_sample_score": sum(all_scores) / max(1, len(all_scores)),
              "mean_chosen_score": sum(p["chosen_score"] for p in pairs) / max(1, len(pairs)),
              "mean_rejected_score": sum(p["rejected_score"] for p in pairs) / max(1, len(pairs))}
