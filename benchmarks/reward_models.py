@@ -173,11 +173,14 @@ def main() -> None:
     parser.add_argument("--loop-noise", type=float, default=0.2)
     parser.add_argument("--skip-loop", action="store_true")
     parser.add_argument("--num-prompts", type=int, default=1000, help="reward.num_prompts (training prompts)")
+    parser.add_argument("--threads", type=int, help="torch threads for part 1 (1 is faster when the cores are shared)")
     parser.add_argument("--workdir", type=Path, default=Path("reports/reward-models-workdir"))
     parser.add_argument("--out", type=Path, default=Path("reports/reward_models.json"))
     parser.add_argument("--plot", type=Path, default=Path("reports/reward_models.png"))
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     params = yaml.safe_load(args.params.read_text())
     params["reward"] = {**(params.get("reward") or {}), "num_prompts": args.num_prompts}
     project = sft_project(args.workdir, params)

@@ -18,7 +18,7 @@ PARAMS = {
     "testbed": {"label_noise": 0.2},
     "rank": {"ranker": "reward_model"},
     # epochs: long enough a stage (seconds) to be killed inside reward training
-    "reward": {"enabled": True, "num_prompts": 120, "eval_prompts": 40, "epochs": 40, "batch_size": 16,
+    "reward": {"enabled": True, "num_prompts": 120, "eval_prompts": 40, "epochs": 12, "batch_size": 16,
                "ensemble_size": 2, "denoising": "flip_margin", "contrastive_weight": 1.0},
 }
 
@@ -56,7 +56,7 @@ def test_a_second_run_is_all_cached(reference, tmp_path):
 
 def test_a_kill_inside_reward_training_resumes_to_identical_artifacts(reference, tmp_path):
     project = make_project(tmp_path / "killed", PARAMS)
-    output = run_until_killed(project, "reward_model: ", delay=2.0)
+    output = run_until_killed(project, "training pairs (", delay=1.0)
     assert "reward_model: held-out accuracy" not in output  # killed inside the stage
     assert not (project / "artifacts" / "reward_model").exists()  # nothing half-written under the final name
     run([ALIGNLOOP, "run"], project)
