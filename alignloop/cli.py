@@ -286,6 +286,7 @@ def run(params: Path = PARAMS_OPTION) -> None:
     start = time.perf_counter()
     try:
         with run_lock(root, "alignloop run"):
+            environment.prepare_mlflow_store()
             summary = pipeline_flow(params_path=str(params.resolve()), root=str(root))
     finally:
         _quiet_prefect_shutdown()
@@ -340,8 +341,10 @@ def serve(params: Path = PARAMS_OPTION,
     if not os.environ.get("PREFECT_API_URL"):
         _fail("scheduled runs need a Prefect server: run `prefect server start`, then "
               "`export PREFECT_API_URL=http://127.0.0.1:4200/api` and try again", 2)
+    from alignloop import environment
     from alignloop.flows.pipeline import pipeline_flow
 
+    environment.prepare_mlflow_store()
     pipeline_flow.serve(
         name=name, interval=interval, cron=cron, limit=1, pause_on_shutdown=False,
         parameters={"params_path": str(params.resolve()), "root": str(root), "scheduled": True},

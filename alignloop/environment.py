@@ -122,3 +122,32 @@ def tie_prefect_server_to_this_process() -> None:
 
     cls._run_uvicorn_command = run_uvicorn_command
     cls._alignloop_watchdog = True
+
+
+def prepare_mlflow_store() -> None:
+    """Create the project's MLflow SQLite store under a temporary name and rename it into place.
+
+    MLflow builds a new store with schema migrations that are not transactional: a run killed during those seconds
+    left a `mlflow.db` that every later run failed to open ("table ... already exists"). Found by
+    `benchmarks/faults.py`. A store that exists is left alone; only the default `sqlite:///` file store is prepared.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if path.exists() or not path.parent.is_dir():
+        return
+    for stale in path.parent.glob(f".{path.name}.*.tmp*"):  # left by a run killed while preparing it
+        stale.unlink(missing_ok=True)
+    try:
+        import sqlalchemy
+        from mlflow.store.db.utils import _initialize_tables
+    except ImportError:  # another MLflow layout: it creates the store itself
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp}")
+    try:
+        _initialize_tables(engine)
+    finally:
+        engine.dispose()
+    os.replace(tmp, path)
