@@ -5,7 +5,7 @@ act on (a bad params value, a missing file, a diverged loss) is `error: <what an
 the rest); anything unexpected is `alignloop: unexpected error: <Type>: <message> (traceback in <log>)`, with the
 traceback in `.alignloop/logs/` (a temporary directory when the project is not writable). SIGINT and SIGTERM stop a
 command cleanly: `alignloop: interrupted (SIGTERM) ...`, exit 130 / 143. `alignloop run` logs everything, Prefect's
-tracebacks included, to `.alignloop/logs/<time>-run.log`; the terminal gets one line per event.
+tracebacks included, to `.alignloop/logs/<time>-run-<pid>.log`; the terminal gets one line per event.
 """
 
 from __future__ import annotations
