@@ -76,7 +76,8 @@ def run_trl(root: Path, sft_dir: Path, pairs: list[dict], batch_size: int, epoch
                      learning_rate=3e-4, beta=0.1, loss_type=["sigmoid"], precompute_ref_log_probs=True,
                      max_length=96, bf16=False, fp16=False, activation_checkpointing=False, use_cpu=True,
                      report_to="none", save_strategy="no", logging_steps=10_000, disable_tqdm=True,
-                     dataloader_num_workers=0, lr_scheduler_type="cosine", warmup_steps=0.1)  # a fraction: transformers 5
+                     dataloader_num_workers=0, lr_scheduler_type="cosine",
+                     warmup_steps=0.1)  # a fraction: transformers 5
     trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=data,
                          processing_class=tokenizer)
     trainer.train()

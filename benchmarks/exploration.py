@@ -18,10 +18,10 @@ import json
 import statistics
 from pathlib import Path
 
-from common import load_params, mean_std, run_pipeline
-
 from alignloop.config import Config, load_config
 from alignloop.stages import iteration_stages
+
+from common import load_params, mean_std, run_pipeline
 
 SPLITS = {"in_dist": "in_distribution", "harder": "harder", "unseen": "unseen_composition"}
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import yaml
+
 from common import mean_std, run_pipeline
 
 VARIANTS = {  # name -> reward-section overrides
@@ -61,13 +62,19 @@ def sft_project(workdir: Path, params: dict) -> Path:
 
 def accuracy_part(project: Path, params: dict, seeds: list[int], noises: list[float]) -> list[dict]:
     from alignloop.config import parse_config
+    from alignloop.model_source import reward_init_dir
     from alignloop.models.generation import derive_seed
     from alignloop.models.reward_losses import preference_strength
     from alignloop.models.reward_training import pair_margins, train_reward_model
-    from alignloop.model_source import reward_init_dir
     from alignloop.paths import Layout
-    from alignloop.tasks.reward_model import (accuracy, detection, encode_pairs, flip_some, load_reward_tokenizer,
-                                              testbed_pairs)
+    from alignloop.tasks.reward_model import (
+        accuracy,
+        detection,
+        encode_pairs,
+        flip_some,
+        load_reward_tokenizer,
+        testbed_pairs,
+    )
 
     layout, rows = Layout(project), []
     for seed in seeds:

@@ -42,8 +42,14 @@ def one_step(loss: str, pairs: int, response_tokens: int, vocab: int, chunk: int
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from alignloop.models.losses import LOSSES, LossParams
-    from alignloop.models.objective import (PreferenceTerm, ReferenceModel, ReferenceSums, forward, objective,
-                                            sequence_sums)
+    from alignloop.models.objective import (
+        PreferenceTerm,
+        ReferenceModel,
+        ReferenceSums,
+        forward,
+        objective,
+        sequence_sums,
+    )
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=vocab, hidden_size=256, intermediate_size=512, num_hidden_layers=2,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders, processors
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import DebertaV2Config, PreTrainedTokenizerFast
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_helpers import ALIGNLOOP, REPO, env_for, merge
 
 from alignloop.fixture import build_fixture
+
+from pipeline_helpers import ALIGNLOOP, REPO, env_for, merge
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from cache_helpers import rewrite, touch
 
 from alignloop import stages
 from alignloop.cache import (
@@ -19,6 +18,8 @@ from alignloop.cache import (
 from alignloop.config import Config
 from alignloop.paths import Layout
 from alignloop.stages import PACKAGE_DIR, STAGES
+
+from cache_helpers import rewrite, touch
 
 
 @pytest.fixture(autouse=True)

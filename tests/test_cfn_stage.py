@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
 from alignloop.config import Config
 from alignloop.io import read_json, read_jsonl, write_jsonl
@@ -13,8 +14,8 @@ from alignloop.paths import Layout
 from alignloop.tasks import optimize
 from alignloop.tasks.cfn import load_buffer, run_cfn
 from alignloop.testbed.model import create_base_model
+
 from token_helpers import response_ids
-from transformers import AutoTokenizer
 
 TINY = {"model": {"n_layer": 1, "n_embd": 32, "n_head": 2},
         "cfn": {"steps": 1500, "batch_size": 32},

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from alignloop.config import Config, ConfigError, load_config, parse_config
+from alignloop.config import STAGE_NAMES, Config, ConfigError, load_config, parse_config
+
+STAGE_LIST = ", ".join(STAGE_NAMES)  # the order the CLI and the config name them in
 
 REPO = Path(__file__).resolve().parents[1]
 ALIGNLOOP = REPO / ".venv" / "bin" / "alignloop"
@@ -154,7 +156,7 @@ def test_cli_rejects_bad_params_with_one_line(tmp_path):
     (["stage", "prepare", "--params", "params.yaml"], {"params.yaml": "optimize: [1\n"},
      "error: params.yaml: not valid YAML (while parsing a flow sequence)"),
     (["stage", "bogus", "--params", "params.yaml"], {"params.yaml": "seed: 0\n"},
-     "error: unknown stage 'bogus'; stages are prepare, sft, reward_model, sample, rank, evolve, cfn, optimize, benchmark, report"),
+     f"error: unknown stage 'bogus'; stages are {STAGE_LIST}"),
     (["run", "--params", "params.yaml"], {"params.yaml": "sample:\n  temperature: 0\n"},
      "error: sample.temperature: must be > 0, got 0"),
     (["serve", "--params", "params.yaml"], {"params.yaml": "seed: 0\n"},
@@ -192,9 +194,9 @@ def test_repository_params_yaml_equals_the_typed_defaults():
 
 @pytest.mark.parametrize(("raw", "message"), [
     ({"pipeline": {"retries": {"bogus": 1}}},
-     "pipeline.retries: unknown stage 'bogus'; stages are prepare, sft, reward_model, sample, rank, evolve, cfn, optimize, benchmark, report"),
+     f"pipeline.retries: unknown stage 'bogus'; stages are {STAGE_LIST}"),
     ({"pipeline": {"retries": {"sample": 1, "optimise": 2}}},
-     "pipeline.retries: unknown stage 'optimise'; stages are prepare, sft, reward_model, sample, rank, evolve, cfn, optimize, benchmark, report"),
+     f"pipeline.retries: unknown stage 'optimise'; stages are {STAGE_LIST}"),
     ({"pipeline": {"retries": {"sample": -1}}}, "pipeline.retries: sample must be >= 0, got -1"),
     ({"pipeline": {"retries": {"optimize": 2, "benchmark": -3}}}, "pipeline.retries: benchmark must be >= 0, got -3"),
     ({"schedule": {"iterations_per_run": 0}}, "schedule.iterations_per_run: must be >= 1, got 0"),

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from pipeline_helpers import ALIGNLOOP, DVC, make_project, run, statuses
 
 pytestmark = pytest.mark.slow

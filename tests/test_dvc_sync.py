@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from pipeline_helpers import ALIGNLOOP, DVC, REPO, make_project, run, snapshot, statuses
 
 pytestmark = pytest.mark.slow

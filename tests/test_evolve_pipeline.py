@@ -13,6 +13,7 @@ from alignloop.dvcfile import render_dvc_yaml
 from alignloop.io import read_jsonl
 from alignloop.paths import Layout
 from alignloop.stages import plan
+
 from pipeline_helpers import ALIGNLOOP, make_project, run, set_params, statuses
 
 

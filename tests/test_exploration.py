@@ -12,10 +12,11 @@ from safetensors.torch import load_file, save_file
 from alignloop.config import ModelConfig
 from alignloop.models.cfn import CFNHead, ReplayBuffer, bonuses, train_cfn
 from alignloop.models.exploration import copo_term, last_token_features
-from token_helpers import tokenize_text
 from alignloop.models.losses import LOSSES, LossParams, PairBatch
 from alignloop.models.policy import load_policy
 from alignloop.testbed.model import create_base_model
+
+from token_helpers import tokenize_text
 
 
 def test_copo_term_by_hand():

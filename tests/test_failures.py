@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from pipeline_helpers import ALIGNLOOP, env_for, make_project, run, set_params, snapshot, statuses
 
 pytestmark = pytest.mark.slow

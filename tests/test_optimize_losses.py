@@ -13,6 +13,7 @@ from alignloop.models.losses import LOSSES
 from alignloop.paths import Layout
 from alignloop.tasks import optimize
 from alignloop.testbed.model import create_base_model
+
 from token_helpers import response_ids
 
 TINY = {"model": {"n_layer": 1, "n_embd": 32, "n_head": 2, "max_length": 160},  # room for Sr's quality prompt

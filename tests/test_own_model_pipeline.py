@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from pipeline_helpers import ALIGNLOOP, DVC, REPO, merge, run, run_until_killed, snapshot, statuses
 
 pytestmark = pytest.mark.slow

@@ -114,8 +114,9 @@ def test_counts_of_every_filter(tmp_path, caplog):
 
     assert list(files) == ["train_prompts", "eval/alpha", "eval/beta", "sft"] and list(stats) == [
         "train", "eval/alpha", "eval/beta", "sft"]
-    counts = lambda read, empty, dup, leak, long, kept: dict(read=read, empty=empty, duplicates=dup, in_eval=leak,
-                                                              too_long=long, kept=kept)
+    def counts(read, empty, dup, leak, long, kept):
+        return dict(read=read, empty=empty, duplicates=dup, in_eval=leak, too_long=long, kept=kept)
+
     assert stats["eval/alpha"] == counts(5, 0, 1, 0, 1, 3)
     assert stats["eval/beta"] == counts(3, 1, 0, 0, 0, 2)  # `shared` may be in two evaluation sets
     assert stats["train"] == counts(11, 2, 2, 3, 1, 3)  # e2 first counts as leakage, its repeat as a duplicate

@@ -6,8 +6,8 @@ import pytest
 
 from alignloop.config import parse_config
 from alignloop.io import read_json, read_jsonl, write_jsonl
-from alignloop.paths import Layout
 from alignloop.pairing import best_vs_worst, build_pairs
+from alignloop.paths import Layout
 from alignloop.tasks.rank import run_rank
 
 

@@ -8,8 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from pipeline_helpers import make_project
 from reliability_helpers import last_line, raising_env, run_cli
+
+from pipeline_helpers import make_project
 
 UNEXPECTED = re.compile(r"^alignloop: unexpected error: (?P<what>.+) \(traceback in (?P<log>\S+\.log)\)$")
 

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_helpers import ALIGNLOOP, REPO, env_for
 
 from alignloop.config import ConfigError, load_config, parse_config
 from alignloop.config_checks import longest_testbed_prompt
+
+from pipeline_helpers import ALIGNLOOP, REPO, env_for
 
 PARAMS = REPO / "params.yaml"
 

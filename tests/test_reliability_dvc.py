@@ -8,11 +8,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from pipeline_helpers import ALIGNLOOP, DVC, env_for, make_project, run, set_params
 
 from alignloop import cache, stages
 from alignloop.config import Config
 from alignloop.paths import Layout
+
+from pipeline_helpers import ALIGNLOOP, DVC, env_for, make_project, run, set_params
 
 
 def _fake_stage(tmp_path: Path, name: str, deps: list[Path], out: Path) -> stages.Stage:

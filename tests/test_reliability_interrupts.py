@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from pipeline_helpers import ALIGNLOOP, env_for, is_scratch, make_project, run, statuses
 
 pytestmark = pytest.mark.slow

@@ -14,10 +14,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from pipeline_helpers import (ALIGNLOOP, artifact_files, copy_project, make_project, run, run_until_killed,
-                              set_params, snapshot, statuses)
 from safetensors import safe_open
 from safetensors.torch import load_file
+
+from pipeline_helpers import (
+    ALIGNLOOP,
+    artifact_files,
+    copy_project,
+    make_project,
+    run,
+    run_until_killed,
+    set_params,
+    snapshot,
+    statuses,
+)
 
 pytestmark = pytest.mark.slow
 

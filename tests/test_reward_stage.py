@@ -9,8 +9,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_helpers import (ALIGNLOOP, REPO, copy_project, make_project, merge, run, run_until_killed, snapshot,
-                              statuses)
+
+from pipeline_helpers import (
+    ALIGNLOOP,
+    REPO,
+    copy_project,
+    make_project,
+    merge,
+    run,
+    run_until_killed,
+    snapshot,
+    statuses,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from pipeline_helpers import ALIGNLOOP, env_for
 
 from alignloop.run_lock import RunLockedError, lock_path, run_lock
+
+from pipeline_helpers import ALIGNLOOP, env_for
 
 
 def _dead_pid() -> int:

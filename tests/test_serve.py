@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+
 from pipeline_helpers import ALIGNLOOP, BIN, env_for, make_project
 
 pytestmark = pytest.mark.slow

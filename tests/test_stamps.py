@@ -7,7 +7,6 @@ import json
 import os
 
 import pytest
-from cache_helpers import rewrite, touch
 
 from alignloop.cache import (
     cache_key,
@@ -25,6 +24,8 @@ from alignloop.config import Config
 from alignloop.io import read_json, read_jsonl, write_jsonl
 from alignloop.paths import Layout
 from alignloop.stages import STAGES, run_stage
+
+from cache_helpers import rewrite, touch
 
 
 @pytest.fixture(autouse=True)

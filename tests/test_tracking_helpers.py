@@ -10,8 +10,15 @@ import pytest
 from alignloop.config import Config
 from alignloop.io import write_json, write_jsonl
 from alignloop.paths import Layout
-from alignloop.tracking import (TABLE_ROWS, file_sha256, finite_metrics, git_commit, run_key, sample_table,
-                                training_curve)
+from alignloop.tracking import (
+    TABLE_ROWS,
+    file_sha256,
+    finite_metrics,
+    git_commit,
+    run_key,
+    sample_table,
+    training_curve,
+)
 
 # --- run_key --------------------------------------------------------------------------------------------------
 

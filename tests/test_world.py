@@ -124,7 +124,8 @@ def test_harder_split_is_deeper(small_testbed_config, small_testbed_data):
     assert min(row["depth"] for row in small_testbed_data["eval/harder"]) == 2  # weights (0, 0.5, 0.5)
     assert max(row["depth"] for row in small_testbed_data["eval/harder"]) == 3
     assert max(len(row["input"]) for row in small_testbed_data["eval/harder"]) <= small_testbed_config.harder_max_length
-    assert max(len(row["input"]) for row in small_testbed_data["eval/in_distribution"]) <= small_testbed_config.max_length
+    longest = max(len(row["input"]) for row in small_testbed_data["eval/in_distribution"])
+    assert longest <= small_testbed_config.max_length
 
 
 def test_config_lengths_reach_the_data():
