@@ -361,9 +361,8 @@ def stage(name: str = typer.Argument(
     cfg, root = _setup(params, check_files=name == "prepare", runs=True)
     from alignloop.models.policy import ModelLoadError
     from alignloop.paths import Layout
-    from alignloop.stages import STAGES, run_stage
-
     from alignloop.run_lock import run_lock
+    from alignloop.stages import STAGES, run_stage
 
     if name not in STAGES:
         _fail(f"unknown stage {name!r}; stages are {', '.join(STAGES)}", 2)

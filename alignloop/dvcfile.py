@@ -20,7 +20,6 @@ from alignloop.stages import PACKAGE_DIR, Stage, plan
 from alignloop.tasks.report import table_columns
 
 
-
 def _relative(path: Path, root: Path) -> str:
     return Path(os.path.relpath(path, root)).as_posix()
 

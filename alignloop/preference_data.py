@@ -13,8 +13,14 @@ import logging
 from pathlib import Path
 
 from alignloop.config_reward import PreferenceSetConfig
-from alignloop.prompt_data import (DataError, _decode_csv_cell, _read_columns, extract_prompt, prompt_id,
-                                   response_from_column)
+from alignloop.prompt_data import (
+    DataError,
+    _decode_csv_cell,
+    _read_columns,
+    extract_prompt,
+    prompt_id,
+    response_from_column,
+)
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """The stage registry: each stage declared once (function, inputs, outputs, params, code), driven by the CLI,
 the Prefect flow and `dvc.yaml` alike.
 
-The plan of a run is `prepare → sft → [reward_model] → benchmark 0 → (sample → rank → [evolve] → [cfn] → optimize → benchmark)
-× iterations → report`; evolve runs under eva (`evolve.enabled`), cfn under COPO (`optimize.exploration: copo`), reward_model with
-`reward.enabled`.
+The plan of a run is `prepare → sft → [reward_model] → benchmark 0 → (sample → rank → [evolve] → [cfn] → optimize
+→ benchmark) × iterations → report`; evolve runs under eva (`evolve.enabled`), cfn under COPO
+(`optimize.exploration: copo`), reward_model with `reward.enabled`.
 """
 
 from __future__ import annotations
@@ -125,6 +125,11 @@ def _prepare_params(cfg: Config) -> tuple[str, ...]:
     return ("seed", "testbed", "data", "model", *real, *reward)
 
 
+def _rank_params(cfg: Config) -> tuple[str, ...]:
+    """The seed matters only to the rule that draws a random rejected response."""
+    return (*(("seed",) if cfg.rank.pair_rule == "best_vs_random" else ()), "rank", "model")
+
+
 def _reward_params(cfg: Config) -> tuple[str, ...]:
     return ("seed", "reward", "model", *(("testbed",) if cfg.reward.data is None else ()))
 
@@ -160,7 +165,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("sample", _sample, ("seed", "sample", "model"), ("tasks/sample.py", *_MODEL),
           deps=lambda layout, cfg, i: [layout.sample_prompts(i, cfg.evolve.enabled), *policy_deps(cfg, layout, i - 1)],
           outs=lambda layout, cfg, i: [layout.prompts(i), layout.samples(i)]),
-    Stage("rank", _rank, ("seed", "rank", "model"), ("tasks/rank.py", "pairing.py", *_RANKERS),
+    Stage("rank", _rank, _rank_params, ("tasks/rank.py", "pairing.py", *_RANKERS),
           deps=lambda layout, cfg, i: [layout.prompts(i), layout.samples(i), *ranker_deps(cfg, layout)],
           outs=lambda layout, cfg, i: [layout.scores(i), layout.pairs(i), layout.rank_stats(i)]),
     Stage("evolve", _evolve, ("seed", "evolve", "sample", "model"),

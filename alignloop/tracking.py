@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from alignloop.digests import file_digest
 from alignloop.config import Config
+from alignloop.digests import file_digest
 from alignloop.io import read_json, read_jsonl
 from alignloop.paths import Layout
 from alignloop.tasks.report import iteration_row

@@ -163,6 +163,7 @@ def plot(rows: list[dict], curves: dict[str, list[float]] | None, noise: float, 
         axis = axes[0][1]
         for arm, values in curves.items():
             axis.plot(range(len(values)), values, marker="o", label=f"ranked by {arm}")
+        axis.set_xticks(range(max(len(values) for values in curves.values())))
         axis.set_xlabel("iteration (0 = SFT)")
         axis.set_ylabel("greedy gold score, in_distribution")
         axis.set_title(f"the loop at {noise:.0%} label noise")
@@ -180,12 +181,17 @@ def main() -> None:
     parser.add_argument("--loop-noise", type=float, default=0.2)
     parser.add_argument("--skip-loop", action="store_true")
     parser.add_argument("--num-prompts", type=int, default=1000, help="reward.num_prompts (training prompts)")
+    parser.add_argument("--replot", action="store_true", help="redraw the plot from --out, run nothing")
     parser.add_argument("--threads", type=int, help="torch threads for part 1 (1 is faster when the cores are shared)")
     parser.add_argument("--workdir", type=Path, default=Path("reports/reward-models-workdir"))
     parser.add_argument("--out", type=Path, default=Path("reports/reward_models.json"))
     parser.add_argument("--plot", type=Path, default=Path("reports/reward_models.png"))
     args = parser.parse_args()
 
+    if args.replot:
+        saved = json.loads(args.out.read_text())
+        plot(saved["rows"], saved["loop"], saved["loop_noise"], args.plot)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     params = yaml.safe_load(args.params.read_text())

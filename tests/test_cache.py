@@ -378,3 +378,11 @@ def test_code_paths_cover_every_computing_module_the_task_imports(name):
     needed = {PACKAGE_DIR.joinpath(*m.split(".")[1:]).with_suffix(".py") for m in seen
               if m.split(".")[1] in ("tasks", "models", "testbed")}
     assert needed - set(STAGES[name].code_paths()) == set()
+
+
+def test_rank_key_reads_the_seed_only_for_a_random_pair_rule(tmp_path):
+    layout = Layout(tmp_path)
+    make_rank_deps(layout, 1)
+    random_rule = {"rank": {"pair_rule": "best_vs_random"}}
+    assert (cache_key(STAGES["rank"], Config(seed=5, **random_rule), layout, 1)
+            != cache_key(STAGES["rank"], Config(**random_rule), layout, 1))

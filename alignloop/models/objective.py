@@ -20,8 +20,7 @@ from torch import Tensor
 
 from alignloop.models.exploration import copo_term
 from alignloop.models.logprobs import Tokenized, collate, sequence_logps, to_device, token_logps
-from alignloop.models.losses import LossParams, LossSpec, PairBatch, nll_anchor, sequence_sum, \
-    sequential_kl_from_hidden
+from alignloop.models.losses import LossParams, LossSpec, PairBatch, nll_anchor, sequence_sum, sequential_kl_from_hidden
 from alignloop.models.training import adapter_disabled, decoder
 from alignloop.progress import progress
 

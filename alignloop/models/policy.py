@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from alignloop.digests import file_digest
 from alignloop.config import ModelConfig
+from alignloop.digests import file_digest
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -31,7 +31,8 @@ def check_tokenizer(tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Non
             f"{path}: the tokenizer has no chat template; alignloop formats every prompt with one. Use a chat or "
             "instruct model, or set `tokenizer.chat_template` and save_pretrained it")
     if tokenizer.eos_token_id is None:
-        raise ModelLoadError(f"{path}: the tokenizer has no EOS token; set `tokenizer.eos_token` and save_pretrained it")
+        raise ModelLoadError(f"{path}: the tokenizer has no EOS token; set `tokenizer.eos_token` and "
+                             "save_pretrained it")
 
 
 def load_tokenizer(path: str | Path, cfg: ModelConfig) -> PreTrainedTokenizerBase:

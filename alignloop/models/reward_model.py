@@ -18,8 +18,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from alignloop.config import ConfigError
 from alignloop.model_source import read_model_config
-from alignloop.models.policy import DTYPES, ModelLoadError, resolve_device
 from alignloop.models.batching import batched_by_length, check_finite
+from alignloop.models.policy import DTYPES, ModelLoadError, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ def check_reward_model(path: str | Path, key: str = "rank.reward_model") -> None
         raise ConfigError(f"{key}: {path} has {labels} labels; a reward model is a sequence classifier with one label")
     tokenizer_config = path / "tokenizer_config.json"
     has_template = (path / "chat_template.jinja").is_file() or (
-        tokenizer_config.is_file() and bool(json.loads(tokenizer_config.read_text(encoding="utf-8")).get("chat_template")))
+        tokenizer_config.is_file()
+        and bool(json.loads(tokenizer_config.read_text(encoding="utf-8")).get("chat_template")))
     if not has_template:
         raise ConfigError(f"{key}: {path} has no chat template; a reward model must format (prompt, response) "
                           "as it was trained, so its tokenizer needs one")

@@ -21,8 +21,13 @@ from alignloop.config import ModelConfig
 from alignloop.config_reward import RewardConfig
 from alignloop.models.batching import batched_by_length
 from alignloop.models.policy import DTYPES, ModelLoadError, resolve_device
-from alignloop.models.reward_losses import (DenoisingParams, denoising_loss, metarm_difference_score, metarm_step,
-                                            simcse_contrastive)
+from alignloop.models.reward_losses import (
+    DenoisingParams,
+    denoising_loss,
+    metarm_difference_score,
+    metarm_step,
+    simcse_contrastive,
+)
 from alignloop.models.reward_model import pooled_forward, right_padded
 from alignloop.models.training import check_finite_weights, enable_gradient_checkpointing, lr_factor
 from alignloop.progress import progress

@@ -5,7 +5,8 @@ and of sampled responses (`greedy_<judge>`, `sampled_<judge>`; a pairwise judge 
 by its margin over the SFT policy's greedy response), the win rate of greedy responses against the SFT
 policy's greedy responses (same judge, ties count half), mean response lengths in tokens, the mean token entropy of
 sampled responses, and the KL to the SFT policy on the policy's own samples, mean of log π_i(y|x) − log π_0(y|x).
-On the testbed also exact match, and the gold score when another judge ranks. Greedy responses are exported in AlpacaEval's format for external evaluators.
+On the testbed also exact match, and the gold score when another judge ranks. Greedy responses are exported in
+AlpacaEval's format for external evaluators.
 Iteration 0 is the SFT policy.
 """
 

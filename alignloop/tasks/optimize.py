@@ -27,11 +27,29 @@ from alignloop.model_source import policy_dir
 from alignloop.models.generation import derive_seed
 from alignloop.models.logprobs import collate, sequence_logps, to_device, tokenize_ids
 from alignloop.models.losses import LOSSES, LossParams
-from alignloop.models.objective import (CopoTerm, Exploration, NLLTerm, Pair, PreferenceTerm, PromptedMargin,
-                                        ReferenceModel, ReferenceSums, Term, forward, objective, sequence_sums)
+from alignloop.models.objective import (
+    CopoTerm,
+    Exploration,
+    NLLTerm,
+    Pair,
+    PreferenceTerm,
+    PromptedMargin,
+    ReferenceModel,
+    ReferenceSums,
+    Term,
+    forward,
+    objective,
+    sequence_sums,
+)
 from alignloop.models.policy import load_policy
-from alignloop.models.training import (adapter_disabled, autocast, enable_gradient_checkpointing, lr_factor,
-                                       save_policy, with_lora)
+from alignloop.models.training import (
+    adapter_disabled,
+    autocast,
+    enable_gradient_checkpointing,
+    lr_factor,
+    save_policy,
+    with_lora,
+)
 from alignloop.paths import Layout
 from alignloop.progress import progress
 

@@ -49,7 +49,8 @@ def run_rank(cfg: Config, layout: Layout, iteration: int) -> None:
     all_scores = [score for scores in score_lists for score in scores]
     unfinished = sum(not s["finished"] for group in samples_by_prompt.values() for s in group)
     stats = {"prompts": len(prompts), "pairs": len(pairs), "dropped_all_tied": dropped["all_tied"],
-             "dropped_unfinished": dropped["unfinished"], "dropped_below_gap": dropped["below_gap"], "unfinished_responses": unfinished,
+             "dropped_unfinished": dropped["unfinished"], "dropped_below_gap": dropped["below_gap"],
+             "unfinished_responses": unfinished,
              "mean_sample_score": sum(all_scores) / max(1, len(all_scores)),
              "mean_chosen_score": sum(p["chosen_score"] for p in pairs) / max(1, len(pairs)),
              "mean_rejected_score": sum(p["rejected_score"] for p in pairs) / max(1, len(pairs))}

@@ -9,6 +9,7 @@ from alignloop.config import JUDGE_NAMES, Config
 from alignloop.io import read_json, write_json
 from alignloop.paths import Layout, eval_split_names
 
+
 def table_columns(cfg: Config) -> tuple[str, ...]:
     """The headline metrics: the first evaluation set's greedy and sampled scores, every other set's greedy score,
     the first set's sampled entropy, and the overall win rate against SFT."""

@@ -6,8 +6,8 @@ import logging
 
 from alignloop.config import Config
 from alignloop.io import read_jsonl, write_jsonl
-from alignloop.models.generation import derive_seed, generate
 from alignloop.model_source import policy_dir
+from alignloop.models.generation import derive_seed, generate
 from alignloop.models.policy import load_policy, policy_hash
 from alignloop.paths import Layout
 
