@@ -220,7 +220,7 @@ class BenchmarkConfig(Section):
 
 
 class EvolveConfig(Section):
-    """eva's creator (alignloop/creator.py; README, "Prompt evolution"): after `rank`, evolve informative prompts
+    """eva's creator (alignloop/creator.py; docs/eva.md): after `rank`, evolve informative prompts
     into the next iteration's set."""
 
     enabled: bool = False

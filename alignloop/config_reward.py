@@ -8,8 +8,6 @@ from pydantic import Field, model_validator
 
 from alignloop.config_base import Section
 
-DENOISING_NAMES = ("none", "flip", "margin", "flip_margin", "soft_label_margin")  # models/reward_losses.DENOISING
-
 
 class PreferenceSetConfig(Section):
     """Preference pairs read with `datasets.load_dataset`: a local .jsonl/.json/.parquet/.csv file or a dataset name.

@@ -1,4 +1,4 @@
-"""The artifact layout (README, "The pipeline"), in one place. Every stage, DVC, Prefect and MLflow find files
+"""The artifact layout (docs/pipeline.md), in one place. Every stage, DVC, Prefect and MLflow find files
 through here."""
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""The Coin Flipping Network (Lobel et al., ICML 2023), as COPO uses it for pseudo-counts (README, "Count-based
-exploration").
+"""The Coin Flipping Network (Lobel et al., ICML 2023), as COPO uses it for pseudo-counts (docs/copo.md).
 
 Each visit of a state s is paired once with a vector c ∈ {−1, +1}^d of fair coin flips, stored with it. A regressor
 trained with MSE on (s, c) converges to the mean of the flips of s's visits, so E[f_j(s)²] = 1/n(s):

@@ -1,4 +1,4 @@
-"""COPO's count-based exploration (Bai et al., ICLR 2025; README, "Count-based exploration"): the CFN's features
+"""COPO's count-based exploration (Bai et al., ICLR 2025; docs/copo.md): the CFN's features
 and the loss term that raises the likelihood of the policy's own rarely-seen responses.
 
     L_cnt = −α · sg[ min(exp(S(π_θ, y_e) − S(π_sampler, y_e)), clip) · s · b(x, y_e) ] · S(π_θ, y_e | x)

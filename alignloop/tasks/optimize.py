@@ -220,7 +220,7 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
         optimizer.step()
         scheduler.step()
         # chosen_logp_change (reference-based losses): a fall of > ~1 nat came before every collapse seen on the
-        # testbed (README, "Choosing the defaults").
+        # testbed (docs/results.md, "Choosing the defaults").
         history.append({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(), **metrics})
 
     # 5) save

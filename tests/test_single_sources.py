@@ -1,0 +1,50 @@
+"""Names that several places spell must agree: each list has one source, and where params validation cannot import
+the numeric code (it must stay light), these tests prove the two spellings equal."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import get_args
+
+from alignloop.config import JUDGE_NAMES, STAGE_NAMES, EvolveConfig, OptimizeConfig, RankConfig
+from alignloop.config_reward import RewardConfig
+from alignloop.creator import INFORMATIVENESS
+from alignloop.models.losses import LOSSES
+from alignloop.models.reward_losses import DENOISING
+from alignloop.pairing import PAIR_RULES
+from alignloop.paths import EVAL_SPLITS
+from alignloop.stages import STAGES
+from alignloop.testbed.data import eval_distributions
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _literal(model, field: str) -> tuple[str, ...]:
+    return get_args(model.model_fields[field].annotation)
+
+
+def test_stage_names_are_the_registry_in_order():
+    assert STAGE_NAMES == tuple(STAGES)
+
+
+def test_loss_names_match_the_registry_and_the_params_comment():
+    assert set(_literal(OptimizeConfig, "loss")) == set(LOSSES)
+    comment = re.search(r"(?m)^  loss: \w+ +# (.+)$", (REPO / "params.yaml").read_text()).group(1)
+    assert set(comment.split(" | ")) == set(LOSSES)
+
+
+def test_ranker_names_have_a_judge_name():
+    assert set(_literal(RankConfig, "ranker")) == set(JUDGE_NAMES)
+
+
+def test_method_names_match_their_registries():
+    assert set(_literal(RewardConfig, "denoising")) == set(DENOISING)
+    assert set(_literal(RankConfig, "pair_rule")) == set(PAIR_RULES)
+    assert set(_literal(EvolveConfig, "informativeness")) == set(INFORMATIVENESS)
+
+
+def test_testbed_evaluation_splits_are_the_layouts():
+    from alignloop.config import TestbedConfig
+
+    assert tuple(eval_distributions(TestbedConfig())) == EVAL_SPLITS
