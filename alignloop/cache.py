@@ -16,16 +16,14 @@ import shutil
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from alignloop import __version__
 from alignloop.config import Config
 from alignloop.digests import file_digest
 from alignloop.io import read_json, write_json
 from alignloop.paths import Layout
-
-if TYPE_CHECKING:
-    from alignloop.stages import Stage
+from alignloop.stages import STAGES, Stage, check_iteration
 
 # Library versions that change numbers (kernels, sampling, training loops): part of every code version.
 _NUMERIC_LIBRARIES = ("torch", "transformers", "trl", "tokenizers", "safetensors", "peft", "accelerate", "datasets",
@@ -158,3 +156,13 @@ def remove_scratch(stage: Stage, cfg: Config, layout: Layout, iteration: int) ->
                         shutil.rmtree(sibling, ignore_errors=True)
                     else:
                         sibling.unlink(missing_ok=True)
+
+
+def run_stage(name: str, cfg: Config, layout: Layout, iteration: int = 0, key: str | None = None) -> dict[str, str]:
+    """Run one stage and stamp its outputs as made from `key` (computed here if not given); returns their digests."""
+    stage = STAGES[name]
+    check_iteration(stage, cfg, iteration)
+    key = key or cache_key(stage, cfg, layout, iteration)
+    remove_scratch(stage, cfg, layout, iteration)
+    stage.run(cfg, layout, iteration)
+    return write_stamp(stage, cfg, layout, iteration, key)

@@ -279,9 +279,9 @@ def run(params: Path = PARAMS_OPTION) -> None:
     environment.tie_prefect_server_to_this_process()
     from alignloop.flows.pipeline import pipeline_flow
     from alignloop.io import write_json
+    from alignloop.iteration_rows import format_table, iteration_rows, table_columns
     from alignloop.paths import Layout
     from alignloop.run_lock import run_lock
-    from alignloop.tasks.report import format_table, iteration_rows, table_columns
 
     start = time.perf_counter()
     try:
@@ -359,10 +359,11 @@ def stage(name: str = typer.Argument(
           params: Path = PARAMS_OPTION) -> None:
     """Run one stage on its own (what `dvc repro` calls)."""
     cfg, root = _setup(params, check_files=name == "prepare", runs=True)
+    from alignloop.cache import run_stage
     from alignloop.models.policy import ModelLoadError
     from alignloop.paths import Layout
     from alignloop.run_lock import run_lock
-    from alignloop.stages import STAGES, run_stage
+    from alignloop.stages import STAGES
 
     if name not in STAGES:
         _fail(f"unknown stage {name!r}; stages are {', '.join(STAGES)}", 2)
@@ -386,8 +387,9 @@ def stage(name: str = typer.Argument(
 def report(params: Path = PARAMS_OPTION) -> None:
     """Per-iteration metrics table from the finished iterations' metrics.json files."""
     cfg, root = _setup(params)
+    from alignloop.iteration_rows import format_table, table_columns
     from alignloop.paths import Layout
-    from alignloop.tasks.report import format_table, run_report, table_columns
+    from alignloop.tasks.report import run_report
 
     try:
         rows = run_report(cfg, Layout(root))

@@ -15,9 +15,9 @@ import yaml
 
 from alignloop.config import Config
 from alignloop.io import write_text
+from alignloop.iteration_rows import table_columns
 from alignloop.paths import Layout
 from alignloop.stages import PACKAGE_DIR, Stage, plan
-from alignloop.tasks.report import table_columns
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from alignloop import cache
 from alignloop.config import Config
 from alignloop.model_source import base_model_deps, policy_deps, ranker_deps, reward_init_deps
 from alignloop.paths import Layout, eval_split_names
@@ -176,7 +175,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
                                        *_evolver_deps(layout, cfg, i)],
           outs=lambda layout, cfg, i: [layout.next_prompts(i), layout.evolve_stats(i)]),
     Stage("cfn", _cfn, ("seed", "cfn", "sample", "model"),
-          ("tasks/cfn.py", "models/cfn.py", "models/exploration.py", "models/logprobs.py", *_MODEL),
+          ("tasks/cfn.py", "models/cfn.py", "models/cfn_features.py", "models/logprobs.py", *_MODEL),
           deps=lambda layout, cfg, i: [layout.samples(i), layout.pairs(i), *policy_deps(cfg, layout, i - 1),
                                        *_previous_buffer(layout, cfg, i)],
           outs=lambda layout, cfg, i: [layout.cfn(i)]),
@@ -193,7 +192,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
                                        *ranker_deps(cfg, layout)],
           outs=_benchmark_outs,
           metrics=lambda layout, cfg, i: [layout.metrics(i)]),
-    Stage("report", _report, ("iterations",), ("tasks/report.py",),
+    Stage("report", _report, ("iterations",), ("tasks/report.py", "iteration_rows.py"),
           deps=lambda layout, cfg, i: [layout.metrics(k) for k in range(cfg.iterations + 1)]
           + [layout.train_log(k) for k in range(0 if cfg.sft.enabled else 1, cfg.iterations + 1)]
           + [layout.rank_stats(k) for k in range(1, cfg.iterations + 1)],
@@ -227,13 +226,3 @@ def check_iteration(stage: Stage, cfg: Config, iteration: int) -> None:
                          f"got {iteration}")
     if stage.per_iteration and iteration == 0 and stage.name != "benchmark":
         raise ValueError(f"stage {stage.name} runs in iterations 1..{cfg.iterations}; iteration 0 is SFT")
-
-
-def run_stage(name: str, cfg: Config, layout: Layout, iteration: int = 0, key: str | None = None) -> dict[str, str]:
-    """Run one stage and stamp its outputs as made from `key` (computed here if not given); returns their digests."""
-    stage = STAGES[name]
-    check_iteration(stage, cfg, iteration)
-    key = key or cache.cache_key(stage, cfg, layout, iteration)
-    cache.remove_scratch(stage, cfg, layout, iteration)
-    stage.run(cfg, layout, iteration)
-    return cache.write_stamp(stage, cfg, layout, iteration, key)

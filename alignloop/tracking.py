@@ -18,8 +18,8 @@ from typing import Any, Iterator
 from alignloop.config import Config
 from alignloop.digests import file_digest
 from alignloop.io import read_json, read_jsonl
+from alignloop.iteration_rows import iteration_row
 from alignloop.paths import Layout
-from alignloop.tasks.report import iteration_row
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "alignloop"

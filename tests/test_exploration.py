@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 
 from alignloop.config import ModelConfig
 from alignloop.models.cfn import CFNHead, ReplayBuffer, bonuses, train_cfn
-from alignloop.models.exploration import copo_term, last_token_features
+from alignloop.models.cfn_features import last_token_features
+from alignloop.models.exploration import copo_term
 from alignloop.models.losses import LOSSES, LossParams, PairBatch
 from alignloop.models.policy import load_policy
 from alignloop.testbed.model import create_base_model

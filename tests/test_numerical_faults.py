@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from alignloop import cache
+from alignloop.cache import run_stage
 from alignloop.config import parse_config
 from alignloop.models.training import NonFiniteWeightsError, save_policy
 from alignloop.paths import Layout
-from alignloop.stages import STAGES, run_stage
+from alignloop.stages import STAGES
 from alignloop.tasks.cfn import check_bonuses
 from alignloop.tasks.rank import check_scores
 from alignloop.tasks.sft import NonFiniteSFTLossError, check_logged_loss

@@ -17,13 +17,14 @@ from alignloop.cache import (
     outputs_manifest,
     read_stamp,
     remove_scratch,
+    run_stage,
     stamp_path,
     write_stamp,
 )
 from alignloop.config import Config
 from alignloop.io import read_json, read_jsonl, write_jsonl
 from alignloop.paths import Layout
-from alignloop.stages import STAGES, run_stage
+from alignloop.stages import STAGES
 
 from cache_helpers import rewrite, touch
 

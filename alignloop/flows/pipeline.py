@@ -20,10 +20,10 @@ from alignloop import cache
 from alignloop.config import Config, load_config
 from alignloop.dvcfile import commit_stages, write_dvc_yaml
 from alignloop.io import write_json
+from alignloop.iteration_rows import iteration_rows
 from alignloop.paths import Layout
 from alignloop.schedule import scheduled_iterations, set_iterations
-from alignloop.stages import STAGES, Stage, check_iteration, iteration_stages, plan, run_stage
-from alignloop.tasks.report import iteration_rows
+from alignloop.stages import STAGES, Stage, check_iteration, iteration_stages, plan
 from alignloop.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def stage_task(name: str, iteration: int, config: dict[str, Any], root: str, cac
         return {"status": "reused", "seconds": 0.0}  # written by `alignloop stage` (e.g. `dvc repro`) from these inputs
     start = time.perf_counter()
     try:
-        run_stage(name, cfg, layout, iteration, key=cache_key)
+        cache.run_stage(name, cfg, layout, iteration, key=cache_key)
     except Exception as exc:
         raise StageError(f"{_where(name, iteration)} failed: {type(exc).__name__}: {exc}") from exc
     return {"status": "ran", "seconds": round(time.perf_counter() - start, 2)}
