@@ -15,10 +15,9 @@ from pathlib import Path
 from alignloop.config_reward import PreferenceSetConfig
 from alignloop.prompt_data import (
     DataError,
-    _decode_csv_cell,
-    _read_columns,
     extract_prompt,
     prompt_id,
+    read_columns,
     response_from_column,
 )
 
@@ -38,9 +37,7 @@ def read_preference_pairs(spec: PreferenceSetConfig, root: Path, eval_fraction: 
     wanted = {"chosen_column": spec.chosen_column, "rejected_column": spec.rejected_column}
     if spec.prompt_column:
         wanted["prompt_column"] = spec.prompt_column
-    columns, builder = _read_columns(spec, KEY, root, wanted)
-    if builder == "csv":
-        columns = {field: [_decode_csv_cell(value) for value in values] for field, values in columns.items()}
+    columns = read_columns(spec, KEY, root, wanted)
     prompts = columns.get("prompt_column") or columns["chosen_column"]  # messages: the first user turn
     rows, skipped = [], {"empty": 0, "identical": 0}
     for index, (prompt_value, chosen_value, rejected_value) in enumerate(

@@ -9,6 +9,8 @@ Hub models and dataset names are checked by `prepare`, the only stage that may u
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alignloop.config import Config, ConfigError
@@ -56,6 +58,28 @@ def _is_local_file(path: str, root: Path) -> bool:
     return candidate.suffix in BUILDERS or candidate.exists()
 
 
+def _prepare_is_fresh(cfg: Config, root: Path) -> bool:
+    """prepare already read the files with these params: a resumed run does not read them again."""
+    from alignloop import cache
+    from alignloop.paths import Layout
+    from alignloop.stages import STAGES
+
+    layout, prepare = Layout(root), STAGES["prepare"]
+    return cache.is_fresh(prepare, cfg, layout, 0, cache.cache_key(prepare, cfg, layout, 0))
+
+
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Warnings only while checking: prepare logs the counts when it runs."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def check_prompt_files(cfg: Config, root: Path) -> None:
     """Local prompt sets are read and filtered exactly as prepare will (missing files or columns, a set left empty
     by filtering), unless prepare already ran with these params and files: a resumed run does not read them again."""
@@ -65,20 +89,13 @@ def check_prompt_files(cfg: Config, root: Path) -> None:
     hub_model = cfg.model.name_or_path != "testbed" and not is_local(cfg.model.name_or_path, root)
     if hub_model or not all(spec is None or _is_local_file(spec.path, root) for spec in sets):
         return  # a dataset name or a hub model: only prepare may download them
-    from alignloop import cache
+    if _prepare_is_fresh(cfg, root):
+        return
     from alignloop.paths import Layout
-    from alignloop.stages import STAGES
     from alignloop.tasks.prepare import real_data
 
-    layout, prepare = Layout(root), STAGES["prepare"]
-    if cache.is_fresh(prepare, cfg, layout, 0, cache.cache_key(prepare, cfg, layout, 0)):
-        return
-    quiet = logging.getLogger("alignloop.prompt_data")
-    level, quiet.level = quiet.level, logging.WARNING  # prepare logs the counts when it runs
-    try:
-        real_data(cfg, layout, resolved={})
-    finally:
-        quiet.setLevel(level)
+    with _quiet("alignloop.prompt_data"):
+        real_data(cfg, Layout(root), resolved={})
 
 
 def check_reward(cfg: Config, root: Path) -> None:
@@ -87,15 +104,11 @@ def check_reward(cfg: Config, root: Path) -> None:
         return
     if cfg.reward.init != "policy" and is_local(cfg.reward.init, root):
         local_model_dir(cfg.reward.init, root, "reward.init")
-    if cfg.reward.data is not None and _is_local_file(cfg.reward.data.path, root):
+    if cfg.reward.data is not None and _is_local_file(cfg.reward.data.path, root) and not _prepare_is_fresh(cfg, root):
         from alignloop.preference_data import read_preference_pairs
 
-        quiet = logging.getLogger("alignloop.preference_data")
-        level, quiet.level = quiet.level, logging.WARNING  # prepare logs the counts when it runs
-        try:
+        with _quiet("alignloop.preference_data"):
             read_preference_pairs(cfg.reward.data, root, cfg.reward.eval_fraction)
-        finally:
-            quiet.setLevel(level)
 
 
 def preflight(cfg: Config, root: Path) -> None:

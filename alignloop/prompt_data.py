@@ -102,9 +102,9 @@ def _load(spec: PromptSetConfig, key: str, builder: str | None, where: str, cach
         raise DataError(f"{key}.path: {what} ({_first_line(exc)})") from exc
 
 
-def _read_columns(spec: PromptSetConfig, key: str, root: Path, wanted: dict[str, str]
-                  ) -> tuple[dict[str, list[Any]], str | None]:
-    """The first `max_rows` values of each wanted column ({params field: column name}), and the builder used.
+def read_columns(spec: PromptSetConfig, key: str, root: Path, wanted: dict[str, str]) -> dict[str, list[Any]]:
+    """The first `max_rows` values of each wanted column ({params field: column name}); CSV cells holding chat
+    messages are decoded.
 
     Local data is built in a throwaway cache (removed on return), so a rewritten file is never answered from an
     old Arrow cache and nothing lands in the user's home; dataset names use datasets' own cache (downloaded once).
@@ -119,7 +119,10 @@ def _read_columns(spec: PromptSetConfig, key: str, root: Path, wanted: dict[str,
                                 f"{', '.join(dataset.column_names)}")
         count = len(dataset) if spec.max_rows is None else min(spec.max_rows, len(dataset))
         table = dataset.select_columns(sorted(set(wanted.values())))[:count]
-    return {field: list(table[column]) for field, column in wanted.items()}, builder
+    columns = {field: list(table[column]) for field, column in wanted.items()}
+    if builder == "csv":
+        columns = {field: [_decode_csv_cell(value) for value in values] for field, values in columns.items()}
+    return columns
 
 
 def _decode_csv_cell(value: Any) -> Any:
@@ -174,9 +177,7 @@ def _read(spec: PromptSetConfig, key: str, root: Path, with_responses: bool) -> 
     wanted = {prompt_field: spec.messages_column or spec.prompt_column}
     if with_responses and spec.response_column:
         wanted["response_column"] = spec.response_column
-    columns, builder = _read_columns(spec, key, root, wanted)
-    if builder == "csv":
-        columns = {field: [_decode_csv_cell(value) for value in values] for field, values in columns.items()}
+    columns = read_columns(spec, key, root, wanted)
     prompts = columns[prompt_field]
     if (with_responses and not spec.response_column and not spec.messages_column
             and not any(isinstance(value, list) for value in prompts)):

@@ -64,15 +64,16 @@ def accuracy_part(project: Path, params: dict, seeds: list[int], noises: list[fl
     from alignloop.config import parse_config
     from alignloop.model_source import reward_init_dir
     from alignloop.models.generation import derive_seed
-    from alignloop.models.reward_losses import preference_strength
+    from alignloop.models.policy import load_tokenizer
     from alignloop.models.reward_training import pair_margins, train_reward_model
     from alignloop.paths import Layout
     from alignloop.tasks.reward_model import (
         accuracy,
         detection,
         encode_pairs,
+        ensemble_strength,
         flip_some,
-        load_reward_tokenizer,
+        meta_batches,
         testbed_pairs,
     )
 
@@ -80,26 +81,19 @@ def accuracy_part(project: Path, params: dict, seeds: list[int], noises: list[fl
     for seed in seeds:
         base = parse_config({**params, "seed": seed, "testbed": {**params.get("testbed", {}), "label_noise": 0.0}})
         init = reward_init_dir(base, layout)
-        tokenizer = load_reward_tokenizer(init, base)
+        tokenizer = load_tokenizer(init, base.model)
         clean, samples = testbed_pairs(base, layout)  # samples drawn once per seed; noise only flips labels
         held = [row for row in clean if row["split"] == "eval"]
         eval_pairs = encode_pairs(tokenizer, held, base.model.max_length)
-        prompts = {row["prompt_id"]: row["prompt"] for row in clean if row["split"] == "train"}
-        from alignloop.models.reward_model import encode_pair
-
-        groups = [[encode_pair(tokenizer, prompt, s["response"]) for s in samples[pid]] for pid, prompt in
-                  prompts.items()]
+        groups = meta_batches(tokenizer, [row for row in clean if row["split"] == "train"], samples,
+                              base.model.max_length)
         for noise in noises:
             start = time.perf_counter()
             train_rows = flip_some([row for row in clean if row["split"] == "train"], noise,
                                    derive_seed(seed, "label_noise"))
             train_pairs = encode_pairs(tokenizer, train_rows, base.model.max_length)
             rcfg, pad = base.reward, tokenizer.pad_token_id
-            margins = [pair_margins(train_reward_model(init, tokenizer, train_pairs, rcfg, base.model,
-                                                       derive_seed(seed, "reward_ensemble", m), denoise=False,
-                                                       description=f"ensemble {m}").model,
-                                    train_pairs, pad, 256, "margins") for m in range(rcfg.ensemble_size)]
-            strength, _ = preference_strength(torch.stack(margins))
+            strength, _, _ = ensemble_strength(init, tokenizer, train_pairs, eval_pairs, rcfg, base.model, seed)
             flipped = [row["flipped"] for row in train_rows]
             found = detection((strength < 0).tolist(), flipped)
             row = {"seed": seed, "noise": noise, "train_pairs": len(train_rows), "eval_pairs": len(held),

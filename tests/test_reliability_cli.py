@@ -82,7 +82,7 @@ def test_stage_unexpected_error_is_one_line_and_a_log(tmp_path: Path) -> None:
 
 
 def test_log_dir_falls_back_to_a_temporary_directory(tmp_path: Path, monkeypatch) -> None:
-    from alignloop import cli
+    from alignloop import cli_errors
 
     blocker = tmp_path / "project"
     blocker.write_text("a file where the project's .alignloop would go\n")
@@ -91,7 +91,7 @@ def test_log_dir_falls_back_to_a_temporary_directory(tmp_path: Path, monkeypatch
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", None)
-    directory = cli.log_dir(blocker)
+    directory = cli_errors.log_dir(blocker)
     assert directory.is_dir() and directory.is_relative_to(tmp_path / "tmp")
 
 

@@ -12,12 +12,13 @@ import torch
 
 from alignloop.config import ConfigError, ModelConfig, parse_config
 from alignloop.config_reward import PreferenceSetConfig, RewardConfig
+from alignloop.models.policy import load_tokenizer
 from alignloop.models.reward_losses import preference_strength
 from alignloop.models.reward_model import encode_pair
 from alignloop.models.reward_training import load_classifier, pair_margins, train_reward_model
 from alignloop.preference_data import held_out, read_preference_pairs
 from alignloop.prompt_data import DataError
-from alignloop.tasks.reward_model import accuracy, detection, flip_some, load_reward_tokenizer
+from alignloop.tasks.reward_model import accuracy, detection, flip_some
 from alignloop.testbed.model import create_base_model
 
 MODEL = ModelConfig(n_layer=1, n_embd=32, n_head=2, max_length=64)
@@ -30,7 +31,7 @@ def base_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tokenizer(base_dir):
-    return load_reward_tokenizer(base_dir, parse_config({"model": MODEL.model_dump()}))
+    return load_tokenizer(base_dir, MODEL)
 
 
 def _pairs(tokenizer, count: int, seed: int) -> list[tuple[list[int], list[int]]]:

@@ -17,13 +17,13 @@ import logging
 import random
 
 import torch
-from transformers import AutoTokenizer
 
-from alignloop.config import Config
+from alignloop.config import Config, ModelConfig
+from alignloop.config_reward import RewardConfig
 from alignloop.io import atomic_path, read_jsonl, write_json, write_jsonl
 from alignloop.model_source import policy_dir, reward_init_dir
 from alignloop.models.generation import derive_seed, generate
-from alignloop.models.policy import ModelLoadError, load_policy
+from alignloop.models.policy import load_policy, load_tokenizer
 from alignloop.models.reward_losses import preference_strength
 from alignloop.models.reward_model import encode_pair
 from alignloop.models.reward_training import pair_margins, restore_dropout, train_reward_model
@@ -34,16 +34,6 @@ from alignloop.paths import Layout
 log = logging.getLogger(__name__)
 
 GENERATION_BATCH = 256  # prompts per generate call for policy samples
-
-
-def load_reward_tokenizer(path, cfg: Config):
-    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=cfg.model.trust_remote_code)
-    if not tokenizer.chat_template:
-        raise ModelLoadError(f"reward.init: {path}: the tokenizer has no chat template; the reward model formats "
-                             "(prompt, response) with one")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def policy_samples(cfg: Config, layout: Layout, prompts: list[dict]) -> dict[str, list[dict]]:
@@ -109,6 +99,31 @@ def encode_pairs(tokenizer, rows: list[dict], max_length: int) -> list[tuple[lis
     return [(chosen[:max_length], rejected[:max_length]) for chosen, rejected in encoded]
 
 
+def meta_batches(tokenizer, train_rows: list[dict], samples: dict[str, list[dict]], max_length: int
+                 ) -> list[list[list[int]]]:
+    """MetaRM's groups: for each training prompt, its policy responses formatted for the reward model."""
+    prompts = {row["prompt_id"]: row["prompt"] for row in train_rows}
+    return [[encode_pair(tokenizer, prompt, sample["response"])[:max_length] for sample in samples[pid]]
+            for pid, prompt in prompts.items() if pid in samples]
+
+
+def ensemble_strength(init, tokenizer, train_pairs: list, eval_pairs: list, rcfg: RewardConfig,
+                      model_cfg: ModelConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """μ and σ of r(chosen) − r(rejected) per training pair over `reward.ensemble_size` plain Bradley–Terry models
+    (seeds derived from `seed`), and each member's held-out accuracy."""
+    margins, members_eval = [], []
+    for member in range(rcfg.ensemble_size):
+        trained = train_reward_model(init, tokenizer, train_pairs, rcfg, model_cfg,
+                                     derive_seed(seed, "reward_ensemble", member), denoise=False,
+                                     description=f"reward ensemble {member + 1}/{rcfg.ensemble_size}")
+        margins.append(pair_margins(trained.model, train_pairs, tokenizer.pad_token_id, rcfg.batch_size,
+                                    f"reward ensemble {member + 1}: margins"))
+        members_eval.append(accuracy(pair_margins(trained.model, eval_pairs, tokenizer.pad_token_id,
+                                                  rcfg.batch_size, f"reward ensemble {member + 1}: held-out")))
+    strength, spread = preference_strength(torch.stack(margins), unbiased=rcfg.ensemble_size > 1)
+    return strength, spread, members_eval
+
+
 def detection(flagged: list[bool], flipped: list[bool]) -> dict[str, float | int]:
     """How well "μ < 0" finds the flipped labels: precision and recall (None when undefined)."""
     hits = sum(f and g for f, g in zip(flagged, flipped))
@@ -125,7 +140,7 @@ def accuracy(margins: torch.Tensor) -> float:
 def run_reward_model(cfg: Config, layout: Layout) -> None:
     rcfg = cfg.reward
     init = reward_init_dir(cfg, layout)
-    tokenizer = load_reward_tokenizer(init, cfg)
+    tokenizer = load_tokenizer(init, cfg.model)  # chat template and EOS checked; pad falls back to EOS
     if rcfg.data is None:
         rows, samples = testbed_pairs(cfg, layout)
     else:
@@ -142,11 +157,7 @@ def run_reward_model(cfg: Config, layout: Layout) -> None:
     pad_id = tokenizer.pad_token_id
     train_pairs = encode_pairs(tokenizer, train_rows, cfg.model.max_length)
     eval_pairs = encode_pairs(tokenizer, eval_rows, cfg.model.max_length)
-    meta_groups = None
-    if rcfg.metarm:  # one group per training prompt: its policy responses
-        prompts = {row["prompt_id"]: row["prompt"] for row in train_rows}
-        meta_groups = [[encode_pair(tokenizer, prompt, s["response"])[: cfg.model.max_length] for s in samples[pid]]
-                       for pid, prompt in prompts.items() if pid in samples]
+    meta_groups = meta_batches(tokenizer, train_rows, samples, cfg.model.max_length) if rcfg.metarm else None
     log.info("reward_model: %d training pairs (%d flipped), %d held out; ensemble of %d, denoising %s%s%s",
              len(train_rows), sum(row.get("flipped", False) for row in train_rows), len(eval_rows),
              rcfg.ensemble_size, rcfg.denoising, ", SimCSE" if rcfg.contrastive_weight else "",
@@ -154,19 +165,10 @@ def run_reward_model(cfg: Config, layout: Layout) -> None:
 
     # 2) the ensemble's preference strength on the training pairs
     strength = spread = None
-    members_eval = []
+    members_eval: list[float] = []
     if rcfg.ensemble_size:
-        margins = []
-        for member in range(rcfg.ensemble_size):
-            trained = train_reward_model(init, tokenizer, train_pairs, rcfg, cfg.model,
-                                         derive_seed(cfg.seed, "reward_ensemble", member), denoise=False,
-                                         description=f"reward ensemble {member + 1}/{rcfg.ensemble_size}")
-            margins.append(pair_margins(trained.model, train_pairs, pad_id, rcfg.batch_size,
-                                        f"reward ensemble {member + 1}: margins"))
-            members_eval.append(accuracy(pair_margins(trained.model, eval_pairs, pad_id, rcfg.batch_size,
-                                                      f"reward ensemble {member + 1}: held-out")))
-            del trained
-        strength, spread = preference_strength(torch.stack(margins), unbiased=rcfg.ensemble_size > 1)
+        strength, spread, members_eval = ensemble_strength(init, tokenizer, train_pairs, eval_pairs, rcfg, cfg.model,
+                                                           cfg.seed)
 
     # 3) the reward model
     final = train_reward_model(init, tokenizer, train_pairs, rcfg, cfg.model, derive_seed(cfg.seed, "reward_model"),
