@@ -67,7 +67,6 @@ def run(params: Path = PARAMS_OPTION) -> None:
 
     environment.tie_prefect_server_to_this_process()
     from alignloop.flows.pipeline import pipeline_flow
-    from alignloop.io import write_json
     from alignloop.iteration_rows import format_table, iteration_rows, table_columns
     from alignloop.paths import Layout
     from alignloop.run_lock import run_lock
@@ -76,16 +75,15 @@ def run(params: Path = PARAMS_OPTION) -> None:
     try:
         with run_lock(root, "alignloop run"):
             environment.prepare_mlflow_store()
-            summary = pipeline_flow(params_path=str(params.resolve()), root=str(root))
+            summary = pipeline_flow(params_path=str(params.resolve()), root=str(root), cfg=cfg)
     finally:
         _quiet_prefect_shutdown()
     layout = Layout(root)
-    summary["orchestration_seconds"] = round(time.perf_counter() - start - summary["wall_seconds"], 2)
-    write_json(layout.summary, summary)
+    orchestration = time.perf_counter() - start - summary["wall_seconds"]
     typer.echo("\n" + format_table(iteration_rows(cfg, layout), table_columns(cfg)))
     typer.echo("\n" + stage_line(summary["stages"]))
-    typer.echo(f"wall time {summary['wall_seconds']:.1f} s in the flow + {summary['orchestration_seconds']:.1f} s "
-               f"Prefect start-up and shut-down; summary in {layout.summary.relative_to(root)}")
+    typer.echo(f"wall time {summary['wall_seconds']:.1f} s in the flow + {orchestration:.1f} s Prefect start-up and "
+               f"shut-down; report in {layout.report_html.relative_to(root)}")
 
 
 def _quiet_prefect_shutdown() -> None:
@@ -174,19 +172,25 @@ def stage(name: str = typer.Argument(
 @app.command()
 @command("report")
 def report(params: Path = PARAMS_OPTION) -> None:
-    """Per-iteration metrics table from the finished iterations' metrics.json files."""
+    """Rewrite reports/ from the finished iterations: iterations.json, the figures in reports/plots/ and
+    reports/report.html (one self-contained page; wall times come from the last run's summary.json); print the
+    per-iteration table."""
     cfg, root = _setup(params)
     from alignloop.iteration_rows import format_table, table_columns
     from alignloop.paths import Layout
+    from alignloop.report_html import write_report_html
     from alignloop.tasks.report import run_report
 
+    layout = Layout(root)
     try:
-        rows = run_report(cfg, Layout(root))
+        rows = run_report(cfg, layout)
+        page = write_report_html(cfg, layout)
     except FileNotFoundError as exc:
         fail(f"{exc} (has every iteration been benchmarked?)", 1)
     except ValueError as exc:  # a damaged metrics file, named with its line
         fail(str(exc), 1)
     typer.echo(format_table(rows, table_columns(cfg)))
+    typer.echo(f"report in {page.relative_to(root)}")
 
 
 @app.command()

@@ -140,7 +140,7 @@ class RankConfig(Section):
     drop_unfinished: bool = True
     """Leave responses cut by sample.max_new_tokens out of pairs (counted in rank_stats.json)."""
     pair_rule: Literal["max_min", "best_vs_random", "all_pairs"] = "max_min"
-    """Which responses become pairs (alignloop/pairing.py): `max_min`, the best against the worst (one pair per
+    """Which responses become pairs (alignloop/methods/pairing.py): `max_min`, the best against the worst (one pair per
     prompt); `best_vs_random`, the best against a random lower-scored one; `all_pairs`, every ordered pair whose
     scores differ by more than `min_score_gap`. Tied responses are never paired."""
     min_score_gap: float = Field(0.0, ge=0)

@@ -10,7 +10,7 @@ from alignloop.config_base import Section
 
 
 class EvolveConfig(Section):
-    """eva's creator (alignloop/creator.py; docs/eva.md): after `rank`, evolve informative prompts
+    """eva's creator (alignloop/methods/creator.py; docs/eva.md): after `rank`, evolve informative prompts
     into the next iteration's set."""
 
     enabled: bool = False

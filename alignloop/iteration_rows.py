@@ -13,11 +13,25 @@ from alignloop.paths import Layout, eval_split_names
 
 def table_columns(cfg: Config) -> tuple[str, ...]:
     """The headline metrics: the first evaluation set's greedy and sampled scores, every other set's greedy score,
-    the first set's sampled entropy, and the overall win rate against SFT."""
+    the first set's sampled entropy, and the overall win rate against SFT, raw and length-controlled."""
     first, *others = eval_split_names(cfg)
     judge = JUDGE_NAMES[cfg.rank.ranker]
     return (f"{first}/greedy_{judge}", f"{first}/sampled_{judge}", *(f"{s}/greedy_{judge}" for s in others),
-            f"{first}/sampled_entropy", "win_rate_vs_sft")
+            f"{first}/sampled_entropy", "win_rate_vs_sft", "lc_win_rate_vs_sft")
+
+
+def eval_splits(rows: list[dict[str, Any]]) -> list[str]:
+    """The evaluation sets of a run's rows, in the order the benchmark wrote them."""
+    return list(dict.fromkeys(key.split("/")[0] for key in rows[0]["metrics"] if "/" in key))
+
+
+def report_plot_names(cfg: Config) -> list[str]:
+    """The figures the report stage draws for this config (alignloop/report_plots.py), one per report section."""
+    trained = cfg.sft.enabled or cfg.iterations > 0
+    return ["scores", "win_rate", *(["training"] if trained else []), *(["ranking"] if cfg.iterations else []),
+            *(["eva"] if cfg.evolve.enabled and cfg.iterations > 1 else []),
+            *(["copo"] if cfg.optimize.exploration == "copo" and cfg.iterations else []),
+            *(["reward_model"] if cfg.reward.enabled else [])]
 
 
 def _optional_json(path: Path) -> dict[str, Any]:

@@ -89,6 +89,10 @@ class Layout:
     def reward_stats(self) -> Path:
         return self.reward / "stats.json"
 
+    @property
+    def reward_train_log(self) -> Path:
+        return self.reward / "train_log.json"
+
     def iteration(self, i: int) -> Path:
         return self.sft if i == 0 else self.artifacts / f"iter-{i}"
 
@@ -158,6 +162,16 @@ class Layout:
     @property
     def summary(self) -> Path:
         return self.reports / "summary.json"
+
+    @property
+    def report_plots(self) -> Path:
+        """The report's figures (PNG), one per section; also DVC plots and MLflow artifacts."""
+        return self.reports / "plots"
+
+    @property
+    def report_html(self) -> Path:
+        """One self-contained page: metrics, curves, rank/eva/COPO/reward-model sections and run facts."""
+        return self.reports / "report.html"
 
     @property
     def iterations_table(self) -> Path:

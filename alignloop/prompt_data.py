@@ -194,11 +194,6 @@ def _read(spec: PromptSetConfig, key: str, root: Path, with_responses: bool) -> 
     return rows, len(prompts)
 
 
-def read_prompt_set(spec: PromptSetConfig, key: str, root: Path, with_responses: bool = False) -> list[Row]:
-    """Rows {"prompt": str, "source_index": int} (+ "response": str when with_responses) in file order."""
-    return _read(spec, key, root, with_responses)[0]
-
-
 def _filter(rows: list[Row], read: int, identity: Callable[[Row], Any], leaked: set[str],
             too_long: Callable[[str], bool]) -> tuple[list[Row], Stats]:
     """Keep rows in order; each dropped row counts once, under the first reason that applies."""

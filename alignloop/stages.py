@@ -12,19 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from alignloop.code_graph import code_files
 from alignloop.config import Config
 from alignloop.model_source import base_model_deps, policy_deps, ranker_deps, reward_init_deps
 from alignloop.paths import Layout, eval_split_names
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-
-# Modules each stage's output depends on (for DVC deps and code-version hashes), relative to the package.
-_COMMON = ("io.py", "paths.py", "model_source.py")
-_MODEL = ("models/policy.py", "models/generation.py")
-_TRAINING = ("models/training.py", "models/logprobs.py")
-_RANKERS = ("models/rankers.py", "models/reward_model.py", "models/pairrm.py", "models/batching.py",
-            "models/policy.py", "testbed/scorer.py")
-_TESTBED = ("testbed/world.py", "testbed/scorer.py", "testbed/data.py", "testbed/model.py", "testbed/tokenizer.py")
 
 
 @dataclass(frozen=True)
@@ -32,7 +23,6 @@ class Stage:
     name: str
     run: Callable[..., None]  # (cfg, layout, iteration) -> None; global stages ignore the iteration
     params: tuple[str, ...] | Callable[[Config], tuple[str, ...]]  # params.yaml keys the stage reads
-    code: tuple[str, ...]
     deps: Callable[[Layout, Config, int], list[Path]]
     outs: Callable[[Layout, Config, int], list[Path]]
     metrics: Callable[[Layout, Config, int], list[Path]] = lambda layout, cfg, i: []
@@ -42,7 +32,8 @@ class Stage:
         return self.params(cfg) if callable(self.params) else self.params
 
     def code_paths(self) -> list[Path]:
-        return [PACKAGE_DIR / module for module in (*_COMMON, *self.code)]
+        """The source files its results depend on: what `tasks/<name>.py` imports, followed through the package."""
+        return list(code_files(f"alignloop.tasks.{self.name}"))
 
     def key(self, iteration: int) -> str:
         return f"{self.name}-{iteration}" if self.per_iteration else self.name
@@ -149,54 +140,55 @@ def _benchmark_outs(layout: Layout, cfg: Config, i: int) -> list[Path]:
     return [layout.benchmark_outputs(i), *([layout.alpaca_eval(i)] if cfg.benchmark.alpaca_eval else [])]
 
 
+def _report_deps(layout: Layout, cfg: Config, i: int) -> list[Path]:
+    """Every iteration's metrics and training log, and the statistics of the stages the run has."""
+    deps = [layout.metrics(k) for k in range(cfg.iterations + 1)]
+    for k in range(cfg.iterations + 1):
+        stages = iteration_stages(cfg, k)
+        deps += [layout.train_log(k)] if "sft" in stages or "optimize" in stages else []
+        deps += [layout.rank_stats(k)] if "rank" in stages else []
+        deps += [layout.evolve_stats(k)] if "evolve" in stages else []
+        deps += [layout.cfn_stats(k), layout.cfn_bonuses(k)] if "cfn" in stages else []
+        deps += [layout.reward_stats, layout.reward_train_log] if "reward_model" in stages else []
+    return deps
+
+
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("prepare", _prepare, _prepare_params,
-          ("tasks/prepare.py", "prompt_data.py", "preference_data.py", *_MODEL, *_TESTBED),
           deps=lambda layout, cfg, i: [],
           outs=lambda layout, cfg, i: [layout.data], per_iteration=False),
-    Stage("sft", _sft, ("seed", "model", "sft"), ("tasks/sft.py", "models/policy.py", "models/training.py"),
+    Stage("sft", _sft, ("seed", "model", "sft"),
           deps=lambda layout, cfg, i: [layout.sft_data, *base_model_deps(cfg, layout)],
           outs=lambda layout, cfg, i: [layout.policy(0), layout.train_log(0)], per_iteration=False),
     Stage("reward_model", _reward_model, _reward_params,
-          ("tasks/reward_model.py", "pairing.py", "models/reward_training.py", "models/reward_losses.py",
-           "models/reward_model.py", "models/batching.py", "models/training.py", "testbed/scorer.py", *_MODEL),
           deps=_reward_deps, outs=lambda layout, cfg, i: [layout.reward], per_iteration=False),
-    Stage("sample", _sample, ("seed", "sample", "model"), ("tasks/sample.py", *_MODEL),
+    Stage("sample", _sample, ("seed", "sample", "model"),
           deps=lambda layout, cfg, i: [layout.sample_prompts(i, cfg.evolve.enabled), *policy_deps(cfg, layout, i - 1)],
           outs=lambda layout, cfg, i: [layout.prompts(i), layout.samples(i)]),
-    Stage("rank", _rank, _rank_params, ("tasks/rank.py", "pairing.py", *_RANKERS),
+    Stage("rank", _rank, _rank_params,
           deps=lambda layout, cfg, i: [layout.prompts(i), layout.samples(i), *ranker_deps(cfg, layout)],
           outs=lambda layout, cfg, i: [layout.scores(i), layout.pairs(i), layout.rank_stats(i)]),
     Stage("evolve", _evolve, ("seed", "evolve", "sample", "model"),
-          ("tasks/evolve.py", "creator.py", "models/llm_evolver.py", "testbed/evolution.py", "testbed/data.py",
-           "testbed/world.py", "testbed/scorer.py", *_MODEL),
           deps=lambda layout, cfg, i: [*(layout.prompts(k) for k in range(1, i + 1)), layout.scores(i),
                                        *_eval_sets(layout, cfg), *policy_deps(cfg, layout, i - 1),
                                        *_evolver_deps(layout, cfg, i)],
           outs=lambda layout, cfg, i: [layout.next_prompts(i), layout.evolve_stats(i)]),
     Stage("cfn", _cfn, ("seed", "cfn", "sample", "model"),
-          ("tasks/cfn.py", "models/cfn.py", "models/cfn_features.py", "models/logprobs.py", *_MODEL),
           deps=lambda layout, cfg, i: [layout.samples(i), layout.pairs(i), *policy_deps(cfg, layout, i - 1),
                                        *_previous_buffer(layout, cfg, i)],
           outs=lambda layout, cfg, i: [layout.cfn(i)]),
     Stage("optimize", _optimize, ("seed", "optimize", "model"),
-          ("tasks/optimize.py", "models/objective.py", "models/losses.py", "models/exploration.py", *_TRAINING,
-           *_MODEL),
           deps=lambda layout, cfg, i: [layout.pairs(i), *policy_deps(cfg, layout, i - 1),
                                        *_reference_deps(layout, cfg, i), *_bonus_deps(layout, cfg, i)],
           outs=lambda layout, cfg, i: [layout.policy(i), layout.train_log(i)]),
     Stage("benchmark", _benchmark, ("seed", "benchmark", "rank", "model"),
-          ("tasks/benchmark.py", "models/logprobs.py", "models/losses.py", *_RANKERS, *_MODEL),
           deps=lambda layout, cfg, i: [*policy_deps(cfg, layout, i), *_eval_sets(layout, cfg),
                                        *([layout.benchmark_outputs(0), *policy_deps(cfg, layout, 0)] if i > 0 else []),
                                        *ranker_deps(cfg, layout)],
           outs=_benchmark_outs,
           metrics=lambda layout, cfg, i: [layout.metrics(i)]),
-    Stage("report", _report, ("iterations",), ("tasks/report.py", "iteration_rows.py"),
-          deps=lambda layout, cfg, i: [layout.metrics(k) for k in range(cfg.iterations + 1)]
-          + [layout.train_log(k) for k in range(0 if cfg.sft.enabled else 1, cfg.iterations + 1)]
-          + [layout.rank_stats(k) for k in range(1, cfg.iterations + 1)],
-          outs=lambda layout, cfg, i: [layout.iterations_table],
+    Stage("report", _report, ("iterations", "sft", "reward", "evolve", "optimize", "rank"),
+          deps=_report_deps, outs=lambda layout, cfg, i: [layout.iterations_table, layout.report_plots],
           per_iteration=False),
 )}
 

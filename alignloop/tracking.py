@@ -175,3 +175,11 @@ class Tracker:
             mlflow.log_table(sample_table(self.layout, iteration), artifact_file="samples.json")
         mlflow.log_metrics(values, step=iteration)  # the parent's per-iteration curves
         self._logged.add(iteration)
+
+    def log_report(self, page: Path) -> None:
+        """The report page and its figures, on the parent run."""
+        import mlflow
+
+        mlflow.log_artifact(str(page))
+        if self.layout.report_plots.is_dir():
+            mlflow.log_artifacts(str(self.layout.report_plots), artifact_path="plots")

@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from alignloop import stages
+from alignloop import code_graph
 from alignloop.cache import (
     cache_key,
     code_version,
     digest,
 )
+from alignloop.code_graph import PACKAGE_DIR
 from alignloop.config import Config
 from alignloop.paths import Layout
-from alignloop.stages import PACKAGE_DIR, STAGES
+from alignloop.stages import STAGES
 
 from cache_helpers import rewrite, touch
 
@@ -270,7 +271,7 @@ def test_iteration_is_part_of_the_key_even_with_the_same_input_paths(tmp_path):
 def test_cache_key_differs_between_stages_with_the_same_inputs(tmp_path):
     layout = Layout(tmp_path)
     make_rank_deps(layout, 1)
-    sibling = dataclasses.replace(STAGES["rank"], name="rank2")
+    sibling = dataclasses.replace(STAGES["rank"], name="sample")  # same inputs and params, another stage
     assert cache_key(sibling, Config(), layout, 1) != cache_key(STAGES["rank"], Config(), layout, 1)
 
 
@@ -298,42 +299,54 @@ def test_cache_key_treats_an_empty_model_directory_as_missing(tmp_path):
 # --- code version ---------------------------------------------------------------------------------------------
 
 
-def test_key_changes_when_the_stage_code_list_changes(tmp_path):
-    layout, cfg = Layout(tmp_path), Config()
-    make_rank_deps(layout, 1)
-    rank = STAGES["rank"]
-    wider = dataclasses.replace(rank, code=(*rank.code, "tasks/sample.py"))
-    assert code_version(wider) != code_version(rank)
-    assert cache_key(wider, cfg, layout, 1) != cache_key(rank, cfg, layout, 1)
+def _fake_package(root: Path) -> None:
+    files = {
+        "tasks/fake.py": "from alignloop.models.helper import f\nfrom alignloop.config import Config\n"
+                         "from alignloop import progress\n\n\ndef run():\n    from alignloop.paths import Layout\n",
+        "models/helper.py": "import alignloop.io\n",
+        "io.py": "# io\n", "paths.py": "# paths\n", "config.py": "# config\n", "progress.py": "# bars\n",
+        "unrelated.py": "# not imported\n",
+    }
+    for module, text in files.items():
+        touch(root / module, text)
+
+
+def test_code_files_follow_the_task_imports(tmp_path, monkeypatch):
+    """A stage's code is what its task imports, transitively and inside functions too; config and progress bars
+    are not code versions (the params slice and nothing)."""
+    _fake_package(tmp_path)
+    monkeypatch.setattr(code_graph, "PACKAGE_DIR", tmp_path)
+    code_graph.code_files.cache_clear()
+    try:
+        assert code_graph.code_files("alignloop.tasks.fake") == tuple(
+            tmp_path / module for module in ("io.py", "models/helper.py", "paths.py", "tasks/fake.py"))
+        with pytest.raises(ValueError, match="alignloop.tasks.missing"):
+            code_graph.code_files("alignloop.tasks.missing")
+    finally:
+        code_graph.code_files.cache_clear()
 
 
 def test_code_version_hashes_module_contents(tmp_path, monkeypatch):
-    """Point the package directory at a fake package: editing a helper module changes the version."""
-    package = tmp_path / "pkg"
-    for module in ("io.py", "paths.py", "model_source.py", "tasks/fake.py", "models/helper.py"):
-        touch(package / module, f"# {module}\n")
-    monkeypatch.setattr(stages, "PACKAGE_DIR", package)
-    stage = dataclasses.replace(STAGES["rank"], name="fake", code=("tasks/fake.py", "models/helper.py"))
-    assert stage.code_paths() == [package / "io.py", package / "paths.py", package / "model_source.py",
-                                  package / "tasks/fake.py", package / "models/helper.py"]
-    first = code_version(stage)
-    assert code_version(stage) == first
-
-    rewrite(package / "models" / "helper.py", b"# helper, edited\n")
-    assert code_version(stage) == first  # memoised for the life of the process ...
+    """Editing a module the task reaches changes the version; editing one it does not reach leaves it."""
+    _fake_package(tmp_path)
+    monkeypatch.setattr(code_graph, "PACKAGE_DIR", tmp_path)
+    code_graph.code_files.cache_clear()
     code_version.cache_clear()
-    edited = code_version(stage)
-    assert edited != first  # ... and a helper module's content is part of it
-
-    rewrite(package / "paths.py", b"# paths, edited\n")
-    code_version.cache_clear()
-    assert code_version(stage) not in (first, edited)  # the common modules too
-
-
-def test_code_version_fails_loudly_on_a_missing_module(tmp_path, monkeypatch):
-    monkeypatch.setattr(stages, "PACKAGE_DIR", tmp_path)
-    with pytest.raises(FileNotFoundError):
-        code_version(STAGES["rank"])
+    stage = dataclasses.replace(STAGES["rank"], name="fake")
+    try:
+        first = code_version(stage)
+        rewrite(tmp_path / "models" / "helper.py", b"import alignloop.io\n# edited\n")
+        assert code_version(stage) == first  # memoised for the life of the process ...
+        code_version.cache_clear()
+        edited = code_version(stage)
+        assert edited != first  # ... and a helper module's content is part of it
+        rewrite(tmp_path / "unrelated.py", b"# edited\n")
+        rewrite(tmp_path / "config.py", b"# edited\n")
+        code_version.cache_clear()
+        assert code_version(stage) == edited
+    finally:
+        code_graph.code_files.cache_clear()
+        code_version.cache_clear()
 
 
 def test_optimize_code_paths_include_its_helpers():
@@ -367,7 +380,7 @@ NOT_COMPUTING = ("progress", "digests")
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_code_paths_cover_every_computing_module_the_task_imports(name):
     """Every module of alignloop reachable from the stage's task is hashed in its code version: tasks, models,
-    testbed and root modules such as creator.py (config*.py enter through the params slice; progress.py only draws
+    testbed, methods and root modules such as io.py (config*.py enter through the params slice; progress.py only draws
     progress bars)."""
     todo, seen = [f"alignloop.tasks.{name}"], set()
     while todo:
@@ -382,7 +395,7 @@ def test_code_paths_cover_every_computing_module_the_task_imports(name):
             todo.extend(_alignloop_imports(path))
     def computing(module: str) -> bool:
         top = module.split(".")[1]
-        if top in ("tasks", "models", "testbed"):
+        if top in ("tasks", "models", "testbed", "methods"):
             return True
         return module.count(".") == 1 and top not in NOT_COMPUTING and not top.startswith("config")
 

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from alignloop.creator import (
+from alignloop.methods.creator import (
     greedy_topk,
     informativeness,
     min_max_normalise,

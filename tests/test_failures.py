@@ -50,7 +50,8 @@ def test_stage_retries_come_from_params(prefect_harness, monkeypatch, tmp_path: 
 
     from alignloop import stages
     from alignloop.config import Config
-    from alignloop.flows.pipeline import StageError, run_step
+    from alignloop.flows import pipeline
+    from alignloop.flows.pipeline import RunState, StageError, run_step
     from alignloop.paths import Layout
 
     calls = []
@@ -62,14 +63,18 @@ def test_stage_retries_come_from_params(prefect_harness, monkeypatch, tmp_path: 
             raise RuntimeError("device lost")
         out.write_text("done\n")
 
-    stage = dataclasses.replace(stages.STAGES["sample"], run=flaky, code=(), deps=lambda layout, cfg, i: [],
+    stage = dataclasses.replace(stages.STAGES["sample"], run=flaky, deps=lambda layout, cfg, i: [],
                                 outs=lambda layout, cfg, i: [out])
     monkeypatch.setitem(stages.STAGES, "sample", stage)
     cfg = Config(pipeline={"retries": {"sample": retries}, "retry_delay_seconds": 0})
 
+    state = RunState(cfg, Layout(tmp_path))
+    monkeypatch.setattr(pipeline, "_run", state)
+
     @flow
     def one_step() -> dict:
-        return run_step(stage, 1, cfg, Layout(tmp_path), [])
+        run_step(stage, 1, state)
+        return state.steps["sample-1"]
 
     if expect_success:
         assert one_step() == {"status": "ran", "seconds": pytest.approx(0, abs=5)}

@@ -50,6 +50,7 @@ def test_alignloop_run_end_to_end(tmp_path: Path) -> None:
             assert metrics[f"{split}/sampled_entropy"] > 0
     # The SFT model against itself: every prompt ties, so the win rate is exactly one half.
     assert summary["iterations"][0]["metrics"]["win_rate_vs_sft"] == 0.5
+    assert summary["iterations"][0]["metrics"]["lc_win_rate_vs_sft"] == 0.5
     assert summary["wall_seconds"] > 0
     assert {"prepare", "sft", "benchmark-0", "sample-1", "rank-1", "optimize-1", "benchmark-1"} <= set(
         summary["stages"])
@@ -72,6 +73,10 @@ def test_alignloop_run_end_to_end(tmp_path: Path) -> None:
     assert sorted(point.step for point in history) == [0, 1]
     assert parents[0].data.params["optimize.beta"] == "0.1"
     assert parents[0].data.tags["alignloop.run_key"]
+    on_parent = {item.path for item in client.list_artifacts(parents[0].info.run_id)}
+    assert {"report.html", "plots"} <= on_parent
+    assert {"plots/scores.png", "plots/win_rate.png"} <= {
+        item.path for item in client.list_artifacts(parents[0].info.run_id, "plots")}
     by_iteration = {int(run.data.tags["iteration"]): run for run in children}
     logged = {item.path for item in client.list_artifacts(by_iteration[1].info.run_id)}
     assert {"metrics.json", "train_log.json", "rank_stats.json", "training_curve.png", "samples.json"} <= logged

@@ -17,9 +17,14 @@ import pytest
 
 from alignloop.config import ConfigError
 from alignloop.config_data import DataConfig, PromptSetConfig
-from alignloop.prompt_data import DataError, prepare_prompt_sets, prompt_id, read_prompt_set
+from alignloop.prompt_data import DataError, _read, prepare_prompt_sets, prompt_id
 
 MAX_TOKENS = 20
+
+
+def read_prompt_set(spec: PromptSetConfig, key: str, root: Path, with_responses: bool = False) -> list[dict]:
+    """The rows of one prompt set in file order, before any filtering."""
+    return _read(spec, key, root, with_responses)[0]
 
 
 def chat(*turns: tuple[str, str]) -> list[dict[str, str]]:

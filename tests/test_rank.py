@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from alignloop.config import parse_config
 from alignloop.io import read_json, read_jsonl, write_jsonl
-from alignloop.pairing import best_vs_worst, build_pairs
+from alignloop.methods.pairing import build_pairs, max_min
 from alignloop.paths import Layout
 from alignloop.tasks.rank import run_rank
+
+
+def best_vs_worst(samples: list[dict], scores: list[float]) -> tuple[int, int] | None:
+    """The max_min rule's one pair as (chosen, rejected) positions; None when all tie or fewer than two."""
+    picks = max_min(scores, 0.0, random.Random(0))
+    return picks[0] if picks else None
 
 
 def _samples(prompt_id: str, responses: list[str], finished=lambda index: index % 2 == 0) -> list[dict]:
@@ -112,7 +120,7 @@ def test_run_rank_with_gold_scorer(tmp_path):
     assert stats["mean_rejected_score"] == pytest.approx(0.0)
 
 
-# ---------------------------------------------------------------- pair rules (alignloop/pairing.py)
+# ---------------------------------------------------------------- pair rules (alignloop/methods/pairing.py)
 
 def _pairs_of(rule: str, scores: list[float], min_gap: float = 0.0, seed: int = 0) -> list[tuple[int, int]]:
     samples = {"p": _samples("p", [f"r{k}" for k in range(len(scores))], finished=lambda index: True)}

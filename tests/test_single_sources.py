@@ -7,12 +7,12 @@ import re
 from pathlib import Path
 from typing import get_args
 
-from alignloop.config import JUDGE_NAMES, STAGE_NAMES, EvolveConfig, OptimizeConfig, RankConfig
+from alignloop.config import JUDGE_NAMES, STAGE_NAMES, Config, EvolveConfig, OptimizeConfig, RankConfig
 from alignloop.config_reward import RewardConfig
-from alignloop.creator import INFORMATIVENESS
+from alignloop.methods.creator import INFORMATIVENESS
+from alignloop.methods.pairing import PAIR_RULES
 from alignloop.models.losses import LOSSES
 from alignloop.models.reward_losses import DENOISING
-from alignloop.pairing import PAIR_RULES
 from alignloop.paths import EVAL_SPLITS
 from alignloop.stages import STAGES
 from alignloop.testbed.data import eval_distributions
@@ -48,3 +48,13 @@ def test_testbed_evaluation_splits_are_the_layouts():
     from alignloop.config import TestbedConfig
 
     assert tuple(eval_distributions(TestbedConfig())) == EVAL_SPLITS
+
+
+def test_report_sections_are_the_figures_a_full_config_draws():
+    from alignloop.iteration_rows import report_plot_names
+    from alignloop.report_html import SECTIONS
+
+    everything = Config(iterations=2, evolve={"enabled": True}, optimize={"exploration": "copo"},
+                        reward={"enabled": True})
+    assert [key for key, *_ in SECTIONS] == report_plot_names(everything)
+    assert report_plot_names(Config(iterations=0, sft={"enabled": False})) == ["scores", "win_rate"]

@@ -272,13 +272,6 @@ LOSSES: dict[str, LossSpec] = {
 }
 
 
-def loss_spec(name: str) -> LossSpec:
-    """`LOSSES[name]`, with an error that lists the known names."""
-    if name not in LOSSES:
-        raise ValueError(f"optimize.loss '{name}' is not one of {', '.join(LOSSES)}")
-    return LOSSES[name]
-
-
 # ---------------------------------------------------------------- TDPO's per-token KL
 
 def _chunk_forward_kl(policy_logits: Tensor, reference_logits: Tensor) -> Tensor:
@@ -352,16 +345,6 @@ def sequential_kl_from_hidden(policy_hidden: Tensor, policy_head, reference_hidd
 
 
 # ---------------------------------------------------------------- per-sequence conveniences (tests, scripts)
-
-def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, reference_chosen: Tensor, reference_rejected: Tensor,
-             beta: float) -> tuple[Tensor, Tensor, Tensor]:
-    """DPO on per-sequence log-probs S, each (batch,): (losses, β·ρ_w, β·ρ_l). A wrapper of `dpo`."""
-    single_token = torch.ones_like(policy_chosen, dtype=torch.bool).unsqueeze(-1)
-    batch = PairBatch(policy_chosen.unsqueeze(-1), policy_rejected.unsqueeze(-1), single_token, single_token,
-                      reference_chosen, reference_rejected)
-    out = dpo(batch, LossParams(beta=beta))
-    return out.losses, out.chosen_rewards, out.rejected_rewards
-
 
 def nll_anchor(policy_chosen: Tensor, chosen_tokens: Tensor) -> Tensor:
     """RPO's anchor (Pang et al. 2024): −S(π_θ, y_w|x) / |y_w|, per pair."""

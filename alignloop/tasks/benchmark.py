@@ -3,7 +3,8 @@
 Per set, judged by the run's ranker (`gold` on the testbed, the reward model otherwise): the mean score of greedy
 and of sampled responses (`greedy_<judge>`, `sampled_<judge>`; a pairwise judge such as PairRM scores each response
 by its margin over the SFT policy's greedy response), the win rate of greedy responses against the SFT
-policy's greedy responses (same judge, ties count half), mean response lengths in tokens, the mean token entropy of
+policy's greedy responses (same judge, ties count half) and its length-controlled version (lc_win_rate_vs_sft,
+alignloop/methods/length_control.py), mean response lengths in tokens, the mean token entropy of
 sampled responses, and the KL to the SFT policy on the policy's own samples, mean of log π_i(y|x) − log π_0(y|x).
 On the testbed also exact match, and the gold score when another judge ranks. Greedy responses are exported in
 AlpacaEval's format for external evaluators.
@@ -20,6 +21,7 @@ import torch
 
 from alignloop.config import Config
 from alignloop.io import atomic_path, read_jsonl, write_json, write_jsonl
+from alignloop.methods.length_control import length_controlled_win_rate
 from alignloop.model_source import policy_dir, ranker_model_dir
 from alignloop.models.generation import Generation, derive_seed, generate
 from alignloop.models.logprobs import collate, mean_token_entropy, to_device, token_logps, tokenize_ids
@@ -32,11 +34,14 @@ from alignloop.testbed.scorer import exact_match, gold_score
 log = logging.getLogger(__name__)
 
 
+def outcomes(scores: list[float], baseline_scores: list[float]) -> list[float]:
+    """Per paired prompt: 1 for a win over the baseline, ½ for a tie, 0 for a loss."""
+    return [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, baseline_scores, strict=True)]
+
+
 def win_rate(scores: list[float], baseline_scores: list[float]) -> float:
     """P(score > baseline) + ½·P(tie), over paired prompts."""
-    if not scores:
-        return float("nan")
-    return mean(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, baseline_scores, strict=True))
+    return mean(outcomes(scores, baseline_scores)) if scores else float("nan")
 
 
 @torch.no_grad()
@@ -84,11 +89,12 @@ def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
     judge = build_ranker(cfg, ranker_model_dir(cfg, layout))
     sft_rows = [] if iteration == 0 else read_jsonl(layout.benchmark_outputs(0))
     baseline = {(row["split"], row["prompt_id"]): row["greedy_score"] for row in sft_rows}
+    baseline_lengths = {(row["split"], row["prompt_id"]): row["greedy_tokens"] for row in sft_rows}
     anchor_texts = {(row["split"], row["prompt_id"]): row["greedy"] for row in sft_rows}
     metrics: dict[str, float] = {}
     outputs: list[dict] = []
     exports: dict[str, list[dict]] = {}
-    all_scores, all_baseline = [], []
+    all_scores, all_baseline, all_lengths, all_baseline_lengths = [], [], [], []
     for split in eval_split_names(cfg):
         rows = read_jsonl(layout.eval_prompts(split))
         prompts, ids = [row["prompt"] for row in rows], [row["prompt_id"] for row in rows]
@@ -112,12 +118,16 @@ def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
             greedy_scores = [scores[0] for scores in judge.score(rows, [[gens[0].text] for gens in greedy])]
             sampled_scores = judge.score(rows, [[g.text for g in gens] for gens in sampled])
             baseline_scores = [baseline.get((split, pid), score) for pid, score in zip(ids, greedy_scores)]
+        lengths = [gens[0].num_tokens for gens in greedy]
+        sft_lengths = [baseline_lengths.get((split, pid), n) for pid, n in zip(ids, lengths)]
         entropy, kl = sample_statistics(model, reference, tokenizer, flat_prompts, flat_samples,
                                         cfg.model.max_length, bench.batch_size)
         metrics |= {
             f"{split}/greedy_{judge.name}": mean(greedy_scores),
             f"{split}/sampled_{judge.name}": mean(s for scores in sampled_scores for s in scores),
             f"{split}/win_rate_vs_sft": win_rate(greedy_scores, baseline_scores),
+            f"{split}/lc_win_rate_vs_sft": length_controlled_win_rate(outcomes(greedy_scores, baseline_scores),
+                                                                      lengths, sft_lengths),
             f"{split}/greedy_length": mean(g[0].num_tokens for g in greedy),
             f"{split}/sampled_length": mean(g.num_tokens for g in flat_samples),
             f"{split}/sampled_entropy": entropy,
@@ -134,13 +144,17 @@ def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
                                                            for r, gens in zip(rows, sampled) for g in gens)
         all_scores += greedy_scores
         all_baseline += baseline_scores
+        all_lengths += lengths
+        all_baseline_lengths += sft_lengths
         outputs += [{"split": split, "prompt_id": pid, "prompt": row["prompt"], **_answer(row),
-                     "greedy": gens[0].text, "greedy_score": score,
+                     "greedy": gens[0].text, "greedy_score": score, "greedy_tokens": gens[0].num_tokens,
                      "sampled": [g.text for g in samples], "sampled_scores": s_scores}
                     for pid, row, gens, score, samples, s_scores
                     in zip(ids, rows, greedy, greedy_scores, sampled, sampled_scores)]
         exports[split] = alpaca_eval_rows(rows, greedy, f"alignloop-iter-{iteration}", split)
     metrics["win_rate_vs_sft"] = win_rate(all_scores, all_baseline)
+    metrics["lc_win_rate_vs_sft"] = length_controlled_win_rate(outcomes(all_scores, all_baseline), all_lengths,
+                                                               all_baseline_lengths)
     bad = [key for key, value in metrics.items() if not math.isfinite(value)]
     if bad and any(key.split("/")[-1].startswith(("greedy_", "sampled_")) for key in bad):
         raise ValueError(f"benchmark iteration {iteration}: non-finite {bad[0]} (the judge or the policy is broken)")

@@ -14,8 +14,8 @@ from collections import Counter, defaultdict
 from typing import Callable
 
 from alignloop.config import Config
-from alignloop.creator import informativeness, mix, select_seeds, validate
 from alignloop.io import read_jsonl, write_json, write_jsonl
+from alignloop.methods.creator import informativeness, mix, select_seeds, validate
 from alignloop.model_source import policy_dir
 from alignloop.models.generation import derive_seed, prompt_token_ids
 from alignloop.models.policy import load_policy, load_tokenizer

@@ -1,4 +1,4 @@
-"""Stage `rank`: score every response and build chosen/rejected pairs (`rank.pair_rule`, alignloop/pairing.py;
+"""Stage `rank`: score every response and build chosen/rejected pairs (`rank.pair_rule`, alignloop/methods/pairing.py;
 best vs worst by default, ties never paired).
 
 Responses cut by `sample.max_new_tokens` are scored but, with `rank.drop_unfinished` (the default), never paired:
@@ -13,9 +13,9 @@ from collections import defaultdict
 
 from alignloop.config import Config
 from alignloop.io import read_jsonl, write_json, write_jsonl
+from alignloop.methods.pairing import build_pairs
 from alignloop.model_source import ranker_model_dir
 from alignloop.models.rankers import build_ranker
-from alignloop.pairing import build_pairs
 from alignloop.paths import Layout
 
 log = logging.getLogger(__name__)

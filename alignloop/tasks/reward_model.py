@@ -21,6 +21,7 @@ import torch
 from alignloop.config import Config, ModelConfig
 from alignloop.config_reward import RewardConfig
 from alignloop.io import atomic_path, read_jsonl, write_json, write_jsonl
+from alignloop.methods.pairing import build_pairs
 from alignloop.model_source import policy_dir, reward_init_dir
 from alignloop.models.generation import derive_seed, generate
 from alignloop.models.policy import load_policy, load_tokenizer
@@ -28,7 +29,6 @@ from alignloop.models.reward_losses import preference_strength
 from alignloop.models.reward_model import encode_pair
 from alignloop.models.reward_training import pair_margins, restore_dropout, train_reward_model
 from alignloop.models.training import save_policy
-from alignloop.pairing import build_pairs
 from alignloop.paths import Layout
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def run_reward_model(cfg: Config, layout: Layout) -> None:
         save_policy(final.model, tokenizer, tmp / layout.reward_model.name, "reward model")
         write_jsonl(tmp / layout.reward_pairs.name, pair_rows)
         write_json(tmp / layout.reward_stats.name, stats)
-        write_json(tmp / "train_log.json", {"steps": len(final.history), "history": final.history})
+        write_json(tmp / layout.reward_train_log.name, {"steps": len(final.history), "history": final.history})
     log.info("reward_model: held-out accuracy %.3f (ensemble members %s)%s", stats["eval_accuracy"],
              ", ".join(f"{a:.3f}" for a in members_eval) or "none",
              f"; μ < 0 flags {stats['detection']['flagged']} pairs, precision {stats['detection']['precision']}, "

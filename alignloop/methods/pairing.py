@@ -19,13 +19,6 @@ def _best(scores: list[float]) -> int:
     return max(range(len(scores)), key=lambda k: (scores[k], -k))
 
 
-def best_vs_worst(samples: list[dict], scores: list[float]) -> tuple[int, int] | None:
-    """(chosen, rejected) = positions of the highest- and lowest-scored responses (first on ties); None when all
-    tie or fewer than two."""
-    picks = max_min(scores, 0.0, random.Random(0))
-    return picks[0] if picks else None
-
-
 def max_min(scores: list[float], min_gap: float, rng: random.Random) -> Picks:
     if len(scores) < 2:
         return []
