@@ -155,3 +155,14 @@ def test_a_merged_policy_is_a_plain_model_with_the_adapters_logits(fixture, samp
     with torch.no_grad():
         merged = plain(input_ids=batch).logits
     assert (merged - adapted).abs().max().item() < 1e-5
+
+
+def test_a_static_kv_cache_gives_the_same_tokens_as_a_dynamic_one(policy):
+    """`model.kv_cache: static` only changes how the cache is stored: greedy and seeded sampled responses of prompts
+    of different lengths (left-padded in one batch) are the same token for token."""
+    model, tokenizer = policy
+    for options in ({"greedy": True}, {"num_samples": 4, "seed": 3}):
+        static = generate(model, tokenizer, PROMPTS, max_new_tokens=24, max_length=160, kv_cache="static", **options)
+        dynamic = generate(model, tokenizer, PROMPTS, max_new_tokens=24, max_length=160, kv_cache="dynamic",
+                           **options)
+        assert [[g.token_ids for g in gens] for gens in static] == [[g.token_ids for g in gens] for gens in dynamic]

@@ -112,10 +112,13 @@ def run_step(stage: Stage, iteration: int, run: RunState) -> None:
 
 
 @flow(name="alignloop-iteration", flow_run_name="iteration-{iteration}", result_serializer="json")
-def iteration_flow(iteration: int) -> None:
+def iteration_flow(iteration: int) -> dict[str, dict[str, Any]]:
+    """The iteration's stages in order; returns their status and seconds (the subflow's result in Prefect)."""
     run = _active()
-    for name in iteration_stages(run.cfg, iteration):
-        run_step(STAGES[name], iteration, run)
+    stages = [STAGES[name] for name in iteration_stages(run.cfg, iteration)]
+    for stage in stages:
+        run_step(stage, iteration, run)
+    return {stage.key(iteration): run.steps[stage.key(iteration)] for stage in stages}
 
 
 @flow(name="alignloop", result_serializer="json", validate_parameters=False)

@@ -71,8 +71,10 @@ def cut_at_stop(tokens: list[int], stop_ids: set[int]) -> tuple[list[int], bool]
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *,
              num_samples: int = 1, greedy: bool = False, temperature: float = 1.0, top_p: float = 1.0,
              max_new_tokens: int = 32, batch_size: int = 256, seed: int = 0, prompt_ids: list[str] | None = None,
-             max_length: int | None = None, description: str = "sampling") -> list[list[Generation]]:
-    """`num_samples` responses for each prompt, in prompt order; prompt + response stay within `max_length`."""
+             max_length: int | None = None, description: str = "sampling",
+             kv_cache: str = "static") -> list[list[Generation]]:
+    """`num_samples` responses for each prompt, in prompt order; prompt + response stay within `max_length`.
+    `kv_cache` is `model.kv_cache`: a static cache is allocated once per batch instead of copied at every token."""
     model.eval()
     encoded = [prompt_token_ids(tokenizer, prompt) for prompt in prompts]
     max_positions = max_positions_of(model, max_length)
@@ -97,6 +99,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
             do_sample=not greedy, temperature=None if greedy else temperature, top_p=None if greedy else top_p,
             top_k=None, num_return_sequences=1 if greedy else num_samples,
             max_new_tokens=min(max_new_tokens, max_positions - width), pad_token_id=pad_id, eos_token_id=stop_ids,
+            cache_implementation="static" if kv_cache == "static" else None,
         )
         new_tokens = output[:, width:].tolist()
         for seq_index, tokens in enumerate(new_tokens):

@@ -55,7 +55,7 @@ def plan_rewrites(num_seeds: int, variants: int, in_depth_probability: float,
 
 def llm_rewrites(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, seed_prompts: list[str],
                  plan: list[tuple[int, str]], *, temperature: float, top_p: float, max_new_tokens: int,
-                 batch_size: int, seed: int) -> list[Rewrite]:
+                 batch_size: int, seed: int, kv_cache: str = "static") -> list[Rewrite]:
     """One sampled rewrite per planned (seed, operator), in plan order."""
     instructions = IN_DEPTH_INSTRUCTIONS | IN_BREADTH_INSTRUCTIONS
     metas = [meta_prompt(instructions[operator], seed_prompts[index]) for index, operator in plan]
@@ -66,6 +66,6 @@ def llm_rewrites(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, see
     if sendable:
         generations = generate(model, tokenizer, [metas[k] for k in sendable], num_samples=1,
                                temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size, seed=seed, description="evolve (llm)")
+                               batch_size=batch_size, seed=seed, description="evolve (llm)", kv_cache=kv_cache)
         texts = {k: first_line(gens[0].text) for k, gens in zip(sendable, generations)}
     return [Rewrite(index, operator, texts.get(k)) for k, (index, operator) in enumerate(plan)]

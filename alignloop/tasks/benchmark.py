@@ -100,11 +100,12 @@ def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
         prompts, ids = [row["prompt"] for row in rows], [row["prompt_id"] for row in rows]
         greedy = generate(model, tokenizer, prompts, greedy=True, max_new_tokens=bench.max_new_tokens,
                           batch_size=bench.batch_size, prompt_ids=ids, max_length=cfg.model.max_length,
-                          description=f"benchmark {split} greedy")
+                          description=f"benchmark {split} greedy", kv_cache=cfg.model.kv_cache)
         sampled = generate(model, tokenizer, prompts, num_samples=bench.num_samples,
                            temperature=bench.sampled_temperature, max_new_tokens=bench.max_new_tokens,
                            batch_size=bench.batch_size, seed=derive_seed(cfg.seed, "benchmark", split),
-                           prompt_ids=ids, max_length=cfg.model.max_length, description=f"benchmark {split} sampled")
+                           prompt_ids=ids, max_length=cfg.model.max_length, description=f"benchmark {split} sampled",
+                           kv_cache=cfg.model.kv_cache)
         flat_prompts = [row["prompt"] for row, gens in zip(rows, sampled) for _ in gens]
         flat_samples = [g for gens in sampled for g in gens]
         if getattr(judge, "pairwise", False):  # each response against the SFT policy's greedy one, both orders

@@ -40,7 +40,8 @@ def explored_responses(cfg: Config, pairs: list[dict], model, tokenizer, iterati
         return [(row["chosen"], row["chosen_ids"], row["chosen_finished"]) for row in pairs]
     greedy = generate(model, tokenizer, [row["prompt"] for row in pairs], greedy=True,
                       max_new_tokens=cfg.sample.max_new_tokens, batch_size=cfg.sample.batch_size,
-                      max_length=cfg.model.max_length, description=f"cfn greedy iter {iteration}")
+                      max_length=cfg.model.max_length, description=f"cfn greedy iter {iteration}",
+                      kv_cache=cfg.model.kv_cache)
     return [(gens[0].text, list(gens[0].token_ids), gens[0].finished) for gens in greedy]
 
 

@@ -83,7 +83,7 @@ def llm_candidates(cfg: Config, layout: Layout, seeds: list[tuple[dict, float]],
     rewrites = llm_rewrites(model, tokenizer, [row["prompt"] for row, _ in seeds], plan,
                             temperature=cfg.evolve.llm_temperature, top_p=cfg.evolve.llm_top_p,
                             max_new_tokens=cfg.evolve.llm_max_new_tokens, batch_size=cfg.sample.batch_size,
-                            seed=derive_seed(cfg.seed, "evolve", iteration))
+                            seed=derive_seed(cfg.seed, "evolve", iteration), kv_cache=cfg.model.kv_cache)
     candidates, skipped = [], Counter()
     for rewrite in rewrites:
         if rewrite.text is None:

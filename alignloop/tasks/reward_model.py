@@ -44,7 +44,7 @@ def policy_samples(cfg: Config, layout: Layout, prompts: list[dict]) -> dict[str
                            temperature=rcfg.temperature, max_new_tokens=rcfg.max_new_tokens,
                            batch_size=GENERATION_BATCH, seed=derive_seed(cfg.seed, "reward_model", "sample"),
                            prompt_ids=[row["prompt_id"] for row in prompts], max_length=cfg.model.max_length,
-                           description="reward model: policy samples")
+                           description="reward model: policy samples", kv_cache=cfg.model.kv_cache)
     return {row["prompt_id"]: [{"sample_index": index, "response": gen.text, "response_ids": list(gen.token_ids),
                                 "finished": gen.finished} for index, gen in enumerate(gens)]
             for row, gens in zip(prompts, generations)}

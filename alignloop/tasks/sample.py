@@ -43,7 +43,7 @@ def run_sample(cfg: Config, layout: Layout, iteration: int) -> None:
         model, tokenizer, [row["prompt"] for row in prompts], num_samples=cfg.sample.num_samples,
         temperature=cfg.sample.temperature, top_p=cfg.sample.top_p, max_new_tokens=cfg.sample.max_new_tokens,
         batch_size=cfg.sample.batch_size, seed=seed, prompt_ids=[row["prompt_id"] for row in prompts],
-        max_length=cfg.model.max_length, description=f"sample iter {iteration}")
+        max_length=cfg.model.max_length, description=f"sample iter {iteration}", kv_cache=cfg.model.kv_cache)
     rows = [
         {"prompt_id": row["prompt_id"], "sample_index": index, "prompt": row["prompt"], "response": gen.text,
          "response_ids": list(gen.token_ids), "num_tokens": gen.num_tokens, "finished": gen.finished,
