@@ -54,8 +54,24 @@ def stop_on_non_finite_loss():
     return StopOnNonFiniteLoss()
 
 
+def seeded_trainer_class():
+    """TRL's SFTTrainer whose length-balanced batch sampler draws its batches from the run's seed (the Trainer
+    builds it with a fixed seed of 42, which would make every seed see the demonstrations in the same order)."""
+    from transformers.trainer_pt_utils import BatchRebalanceSampler
+    from trl import SFTTrainer
+
+    class SeededSFTTrainer(SFTTrainer):
+        def _get_train_sampler(self, *args, **kwargs):
+            sampler = super()._get_train_sampler(*args, **kwargs)
+            if isinstance(sampler, BatchRebalanceSampler):
+                sampler.seed = self.args.data_seed
+            return sampler
+
+    return SeededSFTTrainer
+
+
 def run_sft(cfg: Config, layout: Layout) -> Path:
-    from trl import SFTConfig, SFTTrainer  # heavy import, only here
+    from trl import SFTConfig  # heavy import, only here
 
     out_dir = layout.policy(0)
     if not cfg.sft.enabled:
@@ -68,11 +84,14 @@ def run_sft(cfg: Config, layout: Layout) -> Path:
     model, tokenizer = load_policy(start, cfg.model, device)
     model.train()
     work_dir = layout.sft / ".trainer"
+    micro = cfg.sft.micro_batch_size or cfg.sft.batch_size
     args = SFTConfig(
         output_dir=str(work_dir),
         num_train_epochs=cfg.sft.epochs,
         learning_rate=cfg.sft.learning_rate,
-        per_device_train_batch_size=cfg.sft.batch_size,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=cfg.sft.batch_size // micro,
+        train_sampling_strategy="batch_rebalance" if micro < cfg.sft.batch_size else "random",
         warmup_steps=cfg.sft.warmup_ratio,
         weight_decay=cfg.sft.weight_decay,
         lr_scheduler_type="cosine",
@@ -95,8 +114,9 @@ def run_sft(cfg: Config, layout: Layout) -> Path:
     peft = peft_config(cfg.sft.lora) if cfg.sft.lora is not None else None
     if peft is not None:
         torch.manual_seed(cfg.seed)  # the adapter's init happens before the Trainer seeds itself
-    trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(rows), processing_class=tokenizer,
-                         peft_config=peft, callbacks=[stop_on_non_finite_loss()])
+    trainer = seeded_trainer_class()(model=model, args=args, train_dataset=sft_dataset(rows),
+                                     processing_class=tokenizer, peft_config=peft,
+                                     callbacks=[stop_on_non_finite_loss()])
     result = trainer.train()
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
     if not math.isfinite(result.training_loss) or any(not math.isfinite(entry["loss"]) for entry in history):
