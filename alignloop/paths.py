@@ -130,6 +130,10 @@ class Layout:
         """The CFN after iteration i's visits: head, replay buffer, bonuses of the pairs."""
         return self.iteration(i) / "cfn"
 
+    def cfn_visits(self, i: int) -> Path:
+        """Iteration i's visits only (features and their coin flips): the replay buffer is every iteration's file."""
+        return self.cfn(i) / "visits.safetensors"
+
     def cfn_bonuses(self, i: int) -> Path:
         return self.cfn(i) / "bonuses.jsonl"
 

@@ -96,7 +96,7 @@ def _evolver_deps(layout: Layout, cfg: Config, i: int) -> list[Path]:
 
 
 def _previous_buffer(layout: Layout, cfg: Config, i: int) -> list[Path]:
-    return [layout.cfn(i - 1)] if cfg.cfn.replay == "all" and i > 1 else []
+    return [layout.cfn_visits(k) for k in range(1, i)] if cfg.cfn.replay == "all" else []
 
 
 def _bonus_deps(layout: Layout, cfg: Config, i: int) -> list[Path]:

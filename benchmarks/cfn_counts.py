@@ -48,9 +48,11 @@ def main() -> None:
     if not (cfn_dir / "head.safetensors").exists():
         raise SystemExit(f"error: {cfn_dir} has no CFN; run the pipeline with optimize.exploration: copo first")
     samples = [json.loads(line) for line in samples_path.read_text().splitlines()]
-    features = load_file(str(cfn_dir / "buffer.safetensors"))["features"]
-    head, untrained = load_head(cfn_dir / "head.safetensors")
+    # the replay buffer: every iteration's visits up to this one (each cfn stage stores only its own), in order
+    features = torch.cat([load_file(str(cfn_dir.parent.parent / f"iter-{k}" / "cfn" / "visits.safetensors"))
+                          ["features"] for k in range(1, args.iteration + 1)])
     current = features[len(features) - len(samples):]  # this iteration's visits come last, in sample order
+    head, untrained = load_head(cfn_dir / "head.safetensors")
 
     first: dict[tuple[str, tuple[int, ...]], int] = {}
     repeats: dict[tuple[str, tuple[int, ...]], int] = {}

@@ -12,7 +12,7 @@ from alignloop.config import Config
 from alignloop.io import read_json, read_jsonl, write_jsonl
 from alignloop.paths import Layout
 from alignloop.tasks import optimize
-from alignloop.tasks.cfn import load_buffer, run_cfn
+from alignloop.tasks.cfn import load_visits, replay_buffer, run_cfn
 from alignloop.testbed.model import create_base_model
 
 from token_helpers import response_ids
@@ -73,8 +73,10 @@ def test_counts_accumulate_across_iterations(tmp_path, sft_dir, small_testbed_da
     run_cfn(cfg, layout, 2)
     second = _bonuses(layout, 2)
     assert second["frequent"] < 0.5 * second["rare"]
-    old, new = load_buffer(layout, 1), load_buffer(layout, 2)
-    assert len(new) == len(old) + 14 and torch.equal(new.flips[:len(old)], old.flips)  # flips kept, not redrawn
+    old, added = load_visits(layout, 1), load_visits(layout, 2)  # each iteration stores only its own visits
+    assert len(old) == 33 and len(added) == 14
+    new = replay_buffer(layout, range(1, 3), old.features.shape[1], old.flips.shape[1])
+    assert torch.equal(new.flips[:len(old)], old.flips) and torch.equal(new.features[len(old):], added.features)
     stats = read_json(layout.cfn(2) / "stats.json")
     assert stats["buffer_visits"] == 33 + 14 and stats["final_loss"] < stats["first_loss"]
 
@@ -83,7 +85,7 @@ def test_counts_accumulate_across_iterations(tmp_path, sft_dir, small_testbed_da
     run_cfn(current, layout, 2)
     forgetful = _bonuses(layout, 2)
     assert forgetful["frequent"] > 0.5 * forgetful["rare"]
-    assert len(load_buffer(layout, 2)) == 14
+    assert read_json(layout.cfn_stats(2))["buffer_visits"] == 14
 
 
 def test_copo_with_alpha_zero_trains_exactly_like_the_base_loss(tmp_path, sft_dir, small_testbed_data):
@@ -128,5 +130,5 @@ def test_cfn_runs_before_optimize_only_with_copo_and_chains_its_buffer(tmp_path)
     (tmp_path / "params.yaml").write_text("iterations: 2\noptimize:\n  exploration: copo\n")
     stages = yaml.safe_load(render_dvc_yaml(cfg, tmp_path))["stages"]
     assert stages["cfn-2"]["outs"] == ["artifacts/iter-2/cfn"]
-    assert "artifacts/iter-1/cfn" in stages["cfn-2"]["deps"]  # replay: all
+    assert "artifacts/iter-1/cfn/visits.safetensors" in stages["cfn-2"]["deps"]  # replay: all
     assert "artifacts/iter-2/cfn/bonuses.jsonl" in stages["optimize-2"]["deps"]

@@ -47,6 +47,8 @@ def test_values_override_defaults():
     ({"optimize": {"betta": 1}}, "optimize.betta: unknown key"),
     ({"sample": {"temperature": 0}}, "sample.temperature: must be > 0, got 0"),
     ({"model": {"n_head": 5}}, "model.n_head: must divide n_embd (96), got 5"),
+    ({"sft": {"micro_batch_size": 24}}, "sft.micro_batch_size: must divide sft.batch_size (64), got 24"),
+    ({"model": {"kv_cache": "paged"}}, "model.kv_cache: must be one of 'static' or 'dynamic', got 'paged'"),
 ])
 def test_exact_error_messages(raw, message):
     with pytest.raises(ConfigError) as excinfo:

@@ -68,3 +68,18 @@ def test_dvc_exp_run_sweeps_beta(tmp_path: Path) -> None:
     # The experiment ran with the swept value (dvc.lock records the params each stage ran with).
     lock = (project / "dvc.lock").read_text()
     assert "beta: 0.2" in lock
+
+
+def test_dvc_cache_links_unless_the_project_chose(tmp_path):
+    from alignloop.dvcfile import LINK_CACHE_TYPES, ensure_link_cache
+
+    ensure_link_cache(tmp_path)  # not a DVC project: nothing happens
+    assert not (tmp_path / ".dvc").exists()
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc" / "config").write_text("")
+    ensure_link_cache(tmp_path)
+    assert LINK_CACHE_TYPES in (tmp_path / ".dvc" / "config").read_text()
+    chosen = "[core]\n    autostage = true\n[cache]\n    type = copy\n"
+    (tmp_path / ".dvc" / "config").write_text(chosen)
+    ensure_link_cache(tmp_path)
+    assert (tmp_path / ".dvc" / "config").read_text() == chosen

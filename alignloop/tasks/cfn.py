@@ -1,9 +1,10 @@
 """Stage `cfn` (COPO): add this iteration's visits to the replay buffer, train a Coin Flipping Network on it, and
 write each pair's exploration bonus.
 
-A visit is one sampled (prompt, response); its state is the iteration-start model's last-token hidden state. The
-buffer (features + the coin flips drawn once for each visit) is saved in `artifacts/iter-<i>/cfn/` and, with
-`cfn.replay: all`, reloaded and grown by the next iteration, so counts accumulate over the run.
+A visit is one sampled (prompt, response); its state is the iteration-start model's last-token hidden state. Each
+iteration saves only its own visits (features + the coin flips drawn once for each) in
+`artifacts/iter-<i>/cfn/visits.safetensors`; with `cfn.replay: all` the buffer is every iteration's visits so far,
+so counts accumulate over the run without the buffer being written again every iteration.
 """
 
 from __future__ import annotations
@@ -25,12 +26,20 @@ from alignloop.models.policy import load_policy
 from alignloop.paths import Layout
 
 log = logging.getLogger(__name__)
-BUFFER_FILE, HEAD_FILE = "buffer.safetensors", "head.safetensors"
+HEAD_FILE = "head.safetensors"
 
 
-def load_buffer(layout: Layout, iteration: int) -> ReplayBuffer:
-    stored = load_file(str(layout.cfn(iteration) / BUFFER_FILE))
+def load_visits(layout: Layout, iteration: int) -> ReplayBuffer:
+    stored = load_file(str(layout.cfn_visits(iteration)))
     return ReplayBuffer(stored["features"], stored["flips"])
+
+
+def replay_buffer(layout: Layout, iterations: range, hidden: int, d: int) -> ReplayBuffer:
+    """The visits of these iterations, in order: the buffer as it stood after the last of them."""
+    parts = [load_visits(layout, k) for k in iterations]
+    if not parts:
+        return ReplayBuffer.empty(hidden, d)
+    return ReplayBuffer(torch.cat([p.features for p in parts]), torch.cat([p.flips for p in parts]))
 
 
 def explored_responses(cfg: Config, pairs: list[dict], model, tokenizer, iteration: int
@@ -76,8 +85,7 @@ def run_cfn(cfg: Config, layout: Layout, iteration: int) -> None:
     train_started = time.perf_counter()
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "cfn", iteration))
     hidden = visits.shape[1]
-    previous = (load_buffer(layout, iteration - 1) if cfg.cfn.replay == "all" and iteration > 1
-                else ReplayBuffer.empty(hidden, cfg.cfn.d))
+    previous = replay_buffer(layout, range(1, iteration) if cfg.cfn.replay == "all" else range(0), hidden, cfg.cfn.d)
     buffer = previous.add(visits, generator)
     head = CFNHead(hidden, cfg.cfn.d, cfg.cfn.width, cfg.cfn.dropout, cfg.cfn.prior_scale,
                    seed=derive_seed(cfg.seed, "cfn-head", iteration))
@@ -90,8 +98,8 @@ def run_cfn(cfg: Config, layout: Layout, iteration: int) -> None:
 
     with atomic_path(layout.cfn(iteration)) as tmp:
         tmp.mkdir()
-        save_file({"features": buffer.features.contiguous(), "flips": buffer.flips.contiguous()},
-                  str(tmp / BUFFER_FILE))
+        save_file({"features": buffer.features[len(previous):].contiguous(),
+                   "flips": buffer.flips[len(previous):].contiguous()}, str(tmp / layout.cfn_visits(iteration).name))
         save_file({name: tensor.contiguous() for name, tensor in head.state_dict().items()}, str(tmp / HEAD_FILE))
         write_jsonl(tmp / "bonuses.jsonl", (
             {"pair_id": row["pair_id"], "explore_response": text, "explore_ids": ids, "explore_finished": finished,
