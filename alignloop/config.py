@@ -108,9 +108,10 @@ class SFTConfig(Section):
     batch_size: int = Field(64, ge=1)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    micro_batch_size: int | None = Field(None, ge=1)
-    """Demonstrations per forward/backward; gradients accumulate to `batch_size`. Each batch stays a random draw,
-    split into micro-batches of similar length (less padding), with the same update as the whole batch."""
+    micro_batch_size: int | None = Field(32, ge=1)
+    """Demonstrations per forward/backward (at most `batch_size`; null: the whole batch); gradients accumulate to
+    `batch_size`. Each batch stays a random draw, split into micro-batches of similar length (less padding), with
+    the same update as the whole batch."""
     lora: LoraConfig | None = None
     """Train a LoRA adapter (TRL's peft_config) and merge it into the saved model; null is full fine-tuning."""
 
@@ -298,7 +299,7 @@ class Config(Section):
             raise ValueError(f"optimize.micro_batch_size: must be <= optimize.batch_size ({self.optimize.batch_size}),"
                              f" got {micro}")
         micro = self.sft.micro_batch_size
-        if micro is not None and self.sft.batch_size % micro:
+        if micro is not None and micro < self.sft.batch_size and self.sft.batch_size % micro:
             raise ValueError(f"sft.micro_batch_size: must divide sft.batch_size ({self.sft.batch_size}), got {micro}")
         from alignloop.config_checks import check_config  # values no run can use (alignloop/config_checks.py)
         check_config(self)

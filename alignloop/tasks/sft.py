@@ -84,7 +84,7 @@ def run_sft(cfg: Config, layout: Layout) -> Path:
     model, tokenizer = load_policy(start, cfg.model, device)
     model.train()
     work_dir = layout.sft / ".trainer"
-    micro = cfg.sft.micro_batch_size or cfg.sft.batch_size
+    micro = min(cfg.sft.micro_batch_size or cfg.sft.batch_size, cfg.sft.batch_size)
     args = SFTConfig(
         output_dir=str(work_dir),
         num_train_epochs=cfg.sft.epochs,
