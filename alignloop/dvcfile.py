@@ -69,9 +69,11 @@ def render_dvc_yaml(cfg: Config, root: Path) -> str:
     return header + yaml.safe_dump({"stages": stages, "plots": plots}, sort_keys=False, width=120)
 
 
-# Links instead of copies between DVC's cache and the workspace, best first: a 14 GB policy per iteration is stored
-# once. Safe because no stage edits a file in place: outputs are written under a temporary name and renamed.
-LINK_CACHE_TYPES = "reflink,hardlink,symlink,copy"
+# Links instead of copies between DVC's cache and the workspace: a 14 GB policy per iteration is stored once.
+# Hardlink comes first because DVC moves outputs into its cache by hardlink only when it is the first type (with
+# reflink first, `dvc repro` copies on filesystems without reflinks). DVC makes linked files read-only; that is safe
+# because no stage edits a file in place: outputs are written under a temporary name and renamed.
+LINK_CACHE_TYPES = "hardlink,symlink,copy"
 
 
 def ensure_link_cache(root: Path) -> None:
