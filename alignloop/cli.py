@@ -39,7 +39,7 @@ def _setup(params: Path, check_files: bool = False, runs: bool = False) -> tuple
         if runs:
             from alignloop.config_checks import check_runnable
 
-            check_runnable(cfg)
+            check_runnable(cfg, root)
         if check_files:
             from alignloop.preflight import preflight
 

@@ -240,6 +240,20 @@ class PipelineConfig(Section):
     dvc_commit: bool = True
     """After a run, record every finished stage in dvc.lock (`dvc commit`) when the project has `.dvc/`, so `dvc
     status` is clean and `dvc repro` runs nothing."""
+    launcher: Literal["python", "accelerate"] = "python"
+    """How the training stages (sft, optimize) run: `python`, in the pipeline's own process; `accelerate`, under
+    `accelerate launch --config_file <accelerate_config>` (several GPUs: DDP, FSDP or DeepSpeed). One process and
+    several give the same updates up to float rounding, so switching does not re-run finished stages."""
+    accelerate_config: str | None = None
+    """The accelerate config file for `launcher: accelerate` (configs/accelerate/ has one GPU, multi-GPU DDP, FSDP,
+    DeepSpeed ZeRO-2 and ZeRO-3, and 2-process CPU ones), relative to the project directory."""
+
+    @model_validator(mode="after")
+    def _launcher_config(self) -> PipelineConfig:
+        if self.launcher == "accelerate" and not self.accelerate_config:
+            raise ValueError("accelerate_config: launcher is accelerate, so name an accelerate config file (e.g. "
+                             "configs/accelerate/multi_gpu.yaml)")
+        return self
 
     @model_validator(mode="after")
     def _known_stages(self) -> PipelineConfig:

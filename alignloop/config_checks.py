@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from alignloop.config_base import ConfigError
+from alignloop.models.shares import sft_batch_shares
 
 if TYPE_CHECKING:
     from alignloop.config import Config
@@ -108,14 +110,44 @@ def check_config(cfg: Config) -> None:
                          f"{0.5 / cfg.sample.num_prompts:.3g} (or 0 to keep only the buffer)")
 
 
-def check_runnable(cfg: Config) -> None:
+def check_runnable(cfg: Config, root: Path = Path(".")) -> None:
     """Refuse what a run of `cfg` cannot do on this machine (ConfigError naming the key); see the module docstring."""
     try:
         _device_exists(cfg.model.device)
+        if cfg.pipeline.launcher == "accelerate":
+            _launch_fits(cfg, launch_processes(root / cfg.pipeline.accelerate_config))
         if cfg.data.is_testbed:
             _testbed_prompts_fit(cfg)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def launch_processes(path: Path) -> int:
+    """The number of training processes an accelerate config file starts (`num_processes`, 1 when absent)."""
+    if not path.is_file():
+        raise ValueError(f"pipeline.accelerate_config: {path} does not exist (configs/accelerate/ has examples)")
+    try:
+        launch = yaml.safe_load(path.read_text()) or {}
+        processes = int(launch.get("num_processes", 1)) if isinstance(launch, dict) else None
+    except (yaml.YAMLError, TypeError, ValueError):
+        processes = None
+    if processes is None or processes < 1:
+        raise ValueError(f"pipeline.accelerate_config: {path} is not an accelerate config with a positive "
+                         "num_processes (write one with `accelerate config --config_file <path>`)")
+    return processes
+
+
+def _launch_fits(cfg: Config, processes: int) -> None:
+    """Every process takes an equal share of each batch: the batch sizes must split evenly."""
+    if cfg.optimize.batch_size % processes:
+        raise ValueError(f"optimize.batch_size: {cfg.optimize.batch_size} does not split into {processes} equal "
+                         f"shares (pipeline.accelerate_config starts {processes} processes)")
+    if cfg.sft.enabled:
+        sft_batch_shares(cfg.sft.batch_size, cfg.sft.micro_batch_size, processes)
+    if processes > 1 and cfg.optimize.loss in ("tdpo1", "tdpo2"):
+        raise ValueError(f"optimize.loss: {cfg.optimize.loss} reads the policy's hidden states outside its forward "
+                         "pass, which data-parallel training does not synchronize; use pipeline.launcher: python (one "
+                         "process) for it")
 
 
 def _device_exists(name: str) -> None:

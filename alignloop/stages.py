@@ -45,6 +45,9 @@ def _prepare(cfg, layout, i):
 
 
 def _sft(cfg, layout, i):
+    if cfg.pipeline.launcher == "accelerate":
+        from alignloop.launch import run_launched
+        return run_launched("sft", cfg, layout, i)
     from alignloop.tasks.sft import run_sft
     run_sft(cfg, layout)
 
@@ -75,6 +78,9 @@ def _cfn(cfg, layout, i):
 
 
 def _optimize(cfg, layout, i):
+    if cfg.pipeline.launcher == "accelerate":
+        from alignloop.launch import run_launched
+        return run_launched("optimize", cfg, layout, i)
     from alignloop.tasks.optimize import run_optimize
     run_optimize(cfg, layout, i)
 

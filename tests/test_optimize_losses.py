@@ -119,8 +119,10 @@ def test_pairs_the_quality_prompt_would_cut_get_no_refinement(tmp_path, sft_dir,
 def test_unfit_pairs_have_zero_prompted_margin():
     from alignloop.models.logprobs import Tokenized
 
-    class Constant(torch.nn.Module):  # sequence_logps only needs a causal LM's logits
-        device = torch.device("cpu")
+    class Constant(torch.nn.Module):  # sequence_logps only needs a causal LM's logits (and a weight to locate)
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(()))
 
         def forward(self, input_ids, attention_mask):
             return type("Out", (), {"logits": torch.zeros(*input_ids.shape, 5)})()
@@ -130,8 +132,8 @@ def test_unfit_pairs_have_zero_prompted_margin():
     pair = (Tokenized([1, 2], [3, 4]), Tokenized([1, 2], [3]))
     fits = torch.tensor([True, False])
     provider = PromptedMargin([pair, pair], ReferenceSums(torch.tensor([-1.0, -1.0]), torch.tensor([-3.0, -3.0])),
-                              fits, 0, Constant())
-    fwd = Forward([0, 1], {}, torch.zeros(4, 1), torch.zeros(4, 1), None)
+                              fits, 0)
+    fwd = Forward(Constant(), [0, 1], {}, torch.zeros(4, 1), torch.zeros(4, 1), None)
     margin = provider.fields(fwd)["prompted_margin"]
     # log p = log(1/5) per token: chosen −2·log 5 + 1, rejected −log 5 + 3, so h = −log 5 − 2 where it fits.
     assert margin.tolist() == pytest.approx([-torch.log(torch.tensor(5.0)).item() - 2, 0.0])

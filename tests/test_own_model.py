@@ -12,12 +12,13 @@ from transformers import AutoModelForCausalLM
 
 from alignloop.config import Config, ModelConfig
 from alignloop.fixture import build_fixture
+from alignloop.models.distributed import make_accelerator
 from alignloop.models.generation import generate, prompt_token_ids
 from alignloop.models.losses import LOSSES
 from alignloop.models.objective import NLLTerm, PreferenceTerm, ReferenceSums, sequence_sums
 from alignloop.models.policy import load_policy, stop_token_ids
 from alignloop.models.training import adapter_disabled, save_policy, with_lora
-from alignloop.tasks.optimize import loss_params, tokenize_pairs, train_step
+from alignloop.tasks.optimize import accumulation_steps, loss_params, tokenize_pairs, train_step
 
 MODEL = ModelConfig(name_or_path="fixture", max_length=160)
 PROMPTS = ["Write a short note about rivers.", "List three facts about the moon.", "Explain tides to a child.",
@@ -105,7 +106,8 @@ def test_gradient_accumulation_gives_the_full_batch_update(fixture, sampled):
         opt = Config.model_validate({"optimize": {"batch_size": len(pairs), "micro_batch_size": micro}}).optimize
         terms = _terms(model, pairs, tokenizer)
         model.train()
-        loss, _ = train_step(model, terms, pairs, indices, opt, tokenizer.pad_token_id, keep_hidden=False)
+        accelerator = make_accelerator(torch.device("cpu"), accumulation_steps(opt, 1))
+        loss, _ = train_step(accelerator, model, terms, pairs, indices, opt, tokenizer.pad_token_id, keep_hidden=False)
         grads[micro] = {name: p.grad.clone() for name, p in model.named_parameters()}
         losses[micro] = loss.item()
     for micro in (3, 1):
@@ -125,7 +127,8 @@ def _train_lora(fixture, sampled, steps: int = 3):
     policy.train()
     for _ in range(steps):
         optimizer.zero_grad()
-        train_step(policy, terms, pairs, list(range(len(pairs))), lora_cfg, tokenizer.pad_token_id, False)
+        train_step(make_accelerator(torch.device("cpu")), policy, terms, pairs, list(range(len(pairs))), lora_cfg,
+                   tokenizer.pad_token_id, False)
         optimizer.step()
     policy.eval()
     return policy, tokenizer, pairs

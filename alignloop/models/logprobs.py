@@ -80,6 +80,11 @@ def sequence_logps(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tu
     return (logps * mask).sum(-1), mask.sum(-1)
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's weights live; also for wrappers (data-parallel, sharded) that have no `.device`."""
+    return next(model.parameters()).device
+
+
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {key: value.to(device) for key, value in batch.items()}
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from alignloop.models.exploration import copo_term
-from alignloop.models.logprobs import Tokenized, collate, sequence_logps, to_device, token_logps
+from alignloop.models.logprobs import Tokenized, collate, model_device, sequence_logps, to_device, token_logps
 from alignloop.models.losses import LossParams, LossSpec, PairBatch, nll_anchor, sequence_sum, sequential_kl_from_hidden
 from alignloop.models.training import adapter_disabled, decoder
 from alignloop.progress import progress
@@ -35,8 +35,10 @@ def pair_batch(pairs: list[Pair], indices: list[int], pad_id: int) -> dict[str, 
 @dataclass
 class Forward:
     """The policy on one micro-batch: per-token log-probs and masks (2n rows), and the last hidden states when a
-    term needs them (TDPO's chunked KL)."""
+    term needs them (TDPO's chunked KL). `model` is the policy as trained (wrapped for data parallelism when there
+    are several processes): a term's own passes go through it, so their gradients are synchronized too."""
 
+    model: torch.nn.Module
     indices: list[int]
     batch: dict[str, Tensor]
     logps: Tensor  # (2n, seq − 1)
@@ -53,7 +55,7 @@ class Forward:
 
 
 def forward(policy, pairs: list[Pair], indices: list[int], pad_id: int, keep_hidden: bool) -> Forward:
-    batch = to_device(pair_batch(pairs, indices, pad_id), policy.device)
+    batch = to_device(pair_batch(pairs, indices, pad_id), model_device(policy))
     if keep_hidden:
         hidden = decoder(policy)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         logits = policy.get_output_embeddings()(hidden)
@@ -61,7 +63,7 @@ def forward(policy, pairs: list[Pair], indices: list[int], pad_id: int, keep_hid
         hidden = None
         logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     logps, mask = token_logps(logits, batch["input_ids"], batch["response_mask"])
-    return Forward(indices, batch, logps, mask, hidden)
+    return Forward(policy, indices, batch, logps, mask, hidden)
 
 
 # ---------------------------------------------------------------- providers: inputs built once per iteration
@@ -122,12 +124,11 @@ class PromptedMargin:
     reference: ReferenceSums
     fits: Tensor  # (pairs,) bool
     pad_id: int
-    policy: torch.nn.Module
 
     @torch.no_grad()
     def fields(self, fwd: Forward) -> dict[str, Tensor]:
-        sums, _ = sequence_logps(self.policy, to_device(pair_batch(self.pairs, fwd.indices, self.pad_id),
-                                                        self.policy.device))
+        sums, _ = sequence_logps(fwd.model, to_device(pair_batch(self.pairs, fwd.indices, self.pad_id),
+                                                      model_device(fwd.model)))
         ref = self.reference.fields(fwd)
         n = fwd.n
         margin = ((sums[:n] - ref["reference_chosen_logps"]) - (sums[n:] - ref["reference_rejected_logps"]))
@@ -200,7 +201,6 @@ class CopoTerm:
     alpha: float
     scale: float
     clip: float
-    policy: torch.nn.Module
     pad_id: int
     name: str = "copo"
     weight: float = 1.0  # α is inside the term, as in the paper
@@ -210,7 +210,7 @@ class CopoTerm:
             explored = fwd.chosen_sums
         else:
             batch = collate([self.explore.responses[k] for k in fwd.indices], self.pad_id)
-            explored = sequence_logps(self.policy, to_device(batch, self.policy.device))[0]
+            explored = sequence_logps(fwd.model, to_device(batch, model_device(fwd.model)))[0]
         bonus = self.explore.bonus[fwd.indices].to(explored)
         start = self.explore.start_logps[fwd.indices].to(explored)
         term = copo_term(explored, start, bonus, self.alpha, self.scale, self.clip)

@@ -8,8 +8,9 @@ The loop is plain PyTorch, visible top to bottom, and reads as a recipe:
    being the starting policy itself (or, with LoRA, its adapter-disabled base), so no second copy is loaded unless
    the reference is another model or TDPO needs a frozen one per batch;
 4) steps: shuffled batches of `batch_size` pairs, split into micro-batches whose gradients accumulate (the same
-   update as one big batch), under optional autocast;
-5) save: the adapter merged, weights checked finite, a plain model written atomically.
+   update as one big batch), under optional autocast; under `accelerate launch` each process takes an equal,
+   contiguous share of every batch, and the gradients are averaged across processes (the same update again);
+5) save: the adapter merged, weights checked finite, a plain model written atomically by the main process.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import time
 from dataclasses import fields
 
 import torch
@@ -24,6 +26,7 @@ import torch
 from alignloop.config import Config, OptimizeConfig
 from alignloop.io import atomic_path, read_jsonl, write_json
 from alignloop.model_source import policy_dir
+from alignloop.models.distributed import make_accelerator, mean_over_processes, sharded, trained_model
 from alignloop.models.generation import derive_seed
 from alignloop.models.logprobs import collate, sequence_logps, to_device, tokenize_ids
 from alignloop.models.losses import LOSSES, LossParams
@@ -41,7 +44,8 @@ from alignloop.models.objective import (
     objective,
     sequence_sums,
 )
-from alignloop.models.policy import load_policy
+from alignloop.models.policy import load_policy, resolve_device
+from alignloop.models.shares import share
 from alignloop.models.training import (
     adapter_disabled,
     autocast,
@@ -90,8 +94,8 @@ def prompted_fits(pairs: list[Pair], prompted: list[Pair], max_length: int) -> t
     return fits
 
 
-def load_exploration(cfg: Config, layout: Layout, iteration: int, pairs_rows: list[dict], policy, tokenizer
-                     ) -> Exploration:
+def load_exploration(cfg: Config, layout: Layout, iteration: int, pairs_rows: list[dict], policy, tokenizer,
+                     accelerator) -> Exploration:
     by_pair = {row["pair_id"]: row for row in read_jsonl(layout.cfn_bonuses(iteration))}
     missing = [row["pair_id"] for row in pairs_rows if row["pair_id"] not in by_pair]
     if missing:
@@ -100,17 +104,22 @@ def load_exploration(cfg: Config, layout: Layout, iteration: int, pairs_rows: li
     rows = [by_pair[row["pair_id"]] for row in pairs_rows]
     responses = tokenize_ids(tokenizer, [(pair["prompt"], row["explore_ids"]) for pair, row in zip(pairs_rows, rows)],
                              cfg.model.max_length)
-    with torch.no_grad():
-        start_logps = torch.cat([
-            sequence_logps(policy, to_device(collate(responses[k:k + 256], tokenizer.pad_token_id), policy.device))[0]
-            .float().cpu() for k in range(0, len(responses), 256)]) if responses else torch.empty(0)
-    return Exploration(responses, torch.tensor([row["bonus"] for row in rows]), start_logps,
+
+    @torch.no_grad()
+    def start_logps(part):
+        return (torch.cat([sequence_logps(policy, to_device(collate(part[k:k + 256], tokenizer.pad_token_id),
+                                                            policy.device))[0].float().cpu()
+                           for k in range(0, len(part), 256)]) if part else torch.empty(0),)
+
+    return Exploration(responses, torch.tensor([row["bonus"] for row in rows]),
+                       sharded(accelerator, responses, start_logps)[0],
                        is_chosen=cfg.cfn.explore == "chosen")
 
 
 def build_terms(cfg: Config, layout: Layout, iteration: int, rows: list[dict], pairs: list[Pair], policy,
-                tokenizer) -> tuple[list[Term], dict[str, int]]:
-    """The objective's terms with every input they declare, built once before the first step."""
+                tokenizer, accelerator) -> tuple[list[Term], dict[str, int]]:
+    """The objective's terms with every input they declare, built once before the first step; the reference's sums
+    are computed share by share across processes and gathered."""
     opt, spec = cfg.optimize, LOSSES[cfg.optimize.loss]
     # Reference passes hold no activations for a backward, so twice a training micro-batch fits where it does.
     pad_id, batch = tokenizer.pad_token_id, 2 * (opt.micro_batch_size or opt.batch_size)
@@ -125,7 +134,8 @@ def build_terms(cfg: Config, layout: Layout, iteration: int, rows: list[dict], p
             providers.append(ReferenceModel(reference, policy, opt.kl_chunk_size))
         else:  # under the training steps' autocast, so that policy and reference agree at step 0
             with adapter_disabled(reference), autocast(policy.device, opt.autocast):
-                providers.append(ReferenceSums(*sequence_sums(reference, pairs, pad_id, batch, "reference log-probs")))
+                providers.append(ReferenceSums(*sharded(accelerator, pairs, lambda part: sequence_sums(
+                    reference, part, pad_id, batch, "reference log-probs"))))
         if spec.needs_refinement:
             prompted = tokenize_pairs(with_refinement_prompt(rows, opt.refinement_prompt), tokenizer,
                                       cfg.model.max_length, cut=True)
@@ -134,17 +144,17 @@ def build_terms(cfg: Config, layout: Layout, iteration: int, rows: list[dict], p
                 log.warning("optimize: the quality prompt cuts a response of %d of %d pairs; they use Δ = 0",
                             len(pairs) - int(fits.sum()), len(pairs))
             with adapter_disabled(reference), autocast(policy.device, opt.autocast):
-                prompted_reference = ReferenceSums(*sequence_sums(reference, prompted, pad_id, batch,
-                                                                  "reference log-probs (quality prompt)"))
-            providers.append(PromptedMargin(prompted, prompted_reference, fits, pad_id, policy))
+                prompted_reference = ReferenceSums(*sharded(accelerator, prompted, lambda part: sequence_sums(
+                    reference, part, pad_id, batch, "reference log-probs (quality prompt)")))
+            providers.append(PromptedMargin(prompted, prompted_reference, fits, pad_id))
             extra["refinement_unfit_pairs"] = len(pairs) - int(fits.sum())
     terms: list[Term] = [PreferenceTerm(spec, loss_params(opt), providers)]
     if opt.nll_weight:
         terms.append(NLLTerm(opt.nll_weight))
     if opt.exploration == "copo":
         with autocast(policy.device, opt.autocast):
-            explore = load_exploration(cfg, layout, iteration, rows, policy, tokenizer)
-        terms.append(CopoTerm(explore, opt.copo_alpha, opt.copo_scale, opt.copo_clip, policy, pad_id))
+            explore = load_exploration(cfg, layout, iteration, rows, policy, tokenizer, accelerator)
+        terms.append(CopoTerm(explore, opt.copo_alpha, opt.copo_scale, opt.copo_clip, pad_id))
     return terms, extra
 
 
@@ -153,20 +163,34 @@ def micro_batches(indices: list[int], size: int | None) -> list[list[int]]:
     return [indices[start:start + size] for start in range(0, len(indices), size)]
 
 
-def train_step(policy, terms: list[Term], pairs: list[Pair], indices: list[int], opt: OptimizeConfig, pad_id: int,
-               keep_hidden: bool) -> tuple[torch.Tensor, dict[str, float]]:
-    """Forward and backward over the micro-batches of one batch; gradients accumulate to the batch's mean loss.
-    Returns the batch loss (detached) and the metrics, each weighted by micro-batch size."""
+def accumulation_steps(opt: OptimizeConfig, processes: int) -> int:
+    """Micro-batches per process and step: each process's equal share of a batch, cut to `micro_batch_size`."""
+    if opt.batch_size % processes:
+        raise ValueError(f"optimize.batch_size ({opt.batch_size}) must be a multiple of the number of training "
+                         f"processes ({processes}), so that every process takes an equal share of each batch")
+    local = opt.batch_size // processes
+    return len(micro_batches(list(range(local)), opt.micro_batch_size))
+
+
+def train_step(accelerator, model, terms: list[Term], pairs: list[Pair], indices: list[int], opt: OptimizeConfig,
+               pad_id: int, keep_hidden: bool) -> tuple[torch.Tensor, dict[str, float]]:
+    """Forward and backward over the micro-batches of this process's share of one batch; gradients accumulate (and
+    are averaged across processes) to the batch's mean loss. Returns the share's loss (detached) and metrics, each
+    weighted by micro-batch size."""
     total, metrics = torch.zeros(()), {}
-    for micro in micro_batches(indices, opt.micro_batch_size):
-        share = len(micro) / len(indices)
-        with autocast(policy.device, opt.autocast):
-            fwd = forward(policy, pairs, micro, pad_id, keep_hidden)
-            loss, micro_metrics = objective(terms, fwd)
-        (loss * share if share != 1.0 else loss).backward()
-        total = total + loss.detach().float().cpu() * share
+    micros = micro_batches(indices, opt.micro_batch_size)
+    for micro in micros:
+        weight = len(micro) / len(indices)
+        with accelerator.accumulate(model):
+            with autocast(accelerator.device, opt.autocast):
+                fwd = forward(model, pairs, micro, pad_id, keep_hidden)
+                loss, micro_metrics = objective(terms, fwd)
+            # accelerate divides by its accumulation steps; the weight makes a short last micro-batch count less
+            scale = weight * accelerator.gradient_accumulation_steps
+            accelerator.backward(loss * scale if scale != 1.0 else loss)
+        total = total + loss.detach().float().cpu() * weight
         for name, value in micro_metrics.items():
-            metrics[name] = metrics.get(name, 0.0) + value.item() * share
+            metrics[name] = metrics.get(name, 0.0) + value.item() * weight
     return total, metrics
 
 
@@ -176,20 +200,28 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
     start_dir = policy_dir(cfg, layout, iteration - 1)
     pairs_rows = read_jsonl(layout.pairs(iteration))
     policy, tokenizer = load_policy(start_dir, cfg.model)
+    accelerator = make_accelerator(resolve_device(cfg.model.device))
+    accelerator.gradient_accumulation_steps = accumulation_steps(opt, accelerator.num_processes)
     if not pairs_rows:
         log.warning("optimize: iteration %d has no pairs (every prompt's responses tied); the policy is unchanged",
                     iteration)
-        with atomic_path(out_dir) as tmp:
-            shutil.copytree(start_dir, tmp)
-        write_json(layout.train_log(iteration), {"pairs": 0, "steps": 0})
+        if accelerator.is_main_process:
+            with atomic_path(out_dir) as tmp:
+                shutil.copytree(start_dir, tmp)
+            write_json(layout.train_log(iteration), {"pairs": 0, "steps": 0})
         return
+
+    if accelerator.num_processes > 1 and len(pairs_rows) < opt.batch_size:
+        raise ValueError(f"optimize iteration {iteration}: {len(pairs_rows)} pairs, fewer than optimize.batch_size "
+                         f"({opt.batch_size}); with {accelerator.num_processes} processes every batch must be full. "
+                         "Lower optimize.batch_size or sample more prompts")
 
     # 1) tokens, 2) the policy, 3) the objective
     pairs = tokenize_pairs(pairs_rows, tokenizer, cfg.model.max_length)
     policy = with_lora(policy, opt.lora, derive_seed(cfg.seed, "lora", iteration))
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
-    terms, extra = build_terms(cfg, layout, iteration, pairs_rows, pairs, policy, tokenizer)
+    terms, extra = build_terms(cfg, layout, iteration, pairs_rows, pairs, policy, tokenizer, accelerator)
     keep_hidden = LOSSES[opt.loss].needs_kl
 
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "optimize", iteration))
@@ -198,36 +230,52 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
     warmup = round(opt.warmup_ratio * total_steps)
     trainable = [param for param in policy.parameters() if param.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=opt.learning_rate, weight_decay=0.0)
+    model, optimizer = accelerator.prepare(policy, optimizer)
+    trainable = [param for param in model.parameters() if param.requires_grad]  # sharding replaces them
+    # Stepped once per batch, not prepared: accelerate would step it once per process.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, warmup))
 
     # 4) steps
-    log.info("optimize iteration %d: %s on %d pairs, %d steps (%s)", iteration, opt.loss, len(pairs), total_steps,
-             " + ".join(term.name for term in terms))
+    if accelerator.is_main_process:
+        log.info("optimize iteration %d: %s on %d pairs, %d steps (%s)%s", iteration, opt.loss, len(pairs),
+                 total_steps, " + ".join(term.name for term in terms), f", {accelerator.num_processes} processes "
+                 f"({accelerator.distributed_type.value})" if accelerator.num_processes > 1 else "")
     order: list[int] = []
     history = []
-    policy.train()
+    model.train()
+    started = time.perf_counter()
+    own = share(opt.batch_size, accelerator.process_index, accelerator.num_processes)
     for step in progress(range(total_steps), f"optimize iter {iteration}"):
         if len(order) < opt.batch_size:
             order += torch.randperm(len(pairs), generator=generator).tolist()
         indices, order = order[: opt.batch_size], order[opt.batch_size:]
         optimizer.zero_grad(set_to_none=True)
-        loss, metrics = train_step(policy, terms, pairs, indices, opt, tokenizer.pad_token_id, keep_hidden)
-        if not torch.isfinite(loss):
+        loss, metrics = train_step(accelerator, model, terms, pairs, indices[own.start:own.stop], opt,
+                                   tokenizer.pad_token_id, keep_hidden)
+        metrics = mean_over_processes(accelerator, {"loss": loss.item(), **metrics})
+        if not math.isfinite(metrics["loss"]):
             raise NonFiniteLossError(
-                f"optimize iteration {iteration}, step {step}: loss is {loss.item()}; lower optimize.learning_rate "
-                f"or optimize.beta (nothing was saved; iteration {iteration - 1}'s policy is intact)")
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, opt.max_grad_norm)
+                f"optimize iteration {iteration}, step {step}: loss is {metrics['loss']}; lower "
+                f"optimize.learning_rate or optimize.beta (nothing was saved; iteration {iteration - 1}'s policy is "
+                "intact)")
+        grad_norm = accelerator.clip_grad_norm_(trainable, opt.max_grad_norm)
         optimizer.step()
         scheduler.step()
         # chosen_logp_change (reference-based losses): a fall of > ~1 nat came before every collapse seen on the
         # testbed (docs/results.md, "Choosing the defaults").
-        history.append({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(), **metrics})
+        grad_norm = float("nan") if grad_norm is None else float(grad_norm)  # DeepSpeed clips inside its step
+        history.append({"step": step, "loss": metrics.pop("loss"), "grad_norm": grad_norm, **metrics})
 
     # 5) save
-    save_policy(policy, tokenizer, out_dir, f"optimize iteration {iteration}")
+    seconds = time.perf_counter() - started  # logged, never written: artifacts stay byte-identical across reruns
+    trained = trained_model(accelerator, model, lambda: with_lora(load_policy(start_dir, cfg.model)[0], opt.lora,
+                                                                  derive_seed(cfg.seed, "lora", iteration)))
+    if trained is None:  # not the main process: it has taken its part in gathering the weights
+        return
+    save_policy(trained, tokenizer, out_dir, f"optimize iteration {iteration}")
     last = history[-max(1, steps_per_epoch // 2):]  # the final half epoch
     summary = {key: sum(h[key] for h in last) / len(last) for key in last[0] if key != "step"}
     write_json(layout.train_log(iteration), {"loss": opt.loss, "pairs": len(pairs), "steps": total_steps, **extra,
                                              "final": summary, "history": history})
-    log.info("optimize: %d pairs, %d steps; final %s", len(pairs), total_steps,
-             ", ".join(f"{k}={v:.3f}" for k, v in summary.items()))
+    log.info("optimize: %d pairs, %d steps in %.1f s (%.1f pairs/s); final %s", len(pairs), total_steps, seconds,
+             total_steps * opt.batch_size / seconds, ", ".join(f"{k}={v:.3f}" for k, v in summary.items()))

@@ -1,13 +1,15 @@
 """Stage `sft`: supervised fine-tuning on the demonstrations, with TRL's SFTTrainer (loss on the response only).
 
 With `sft.lora` TRL trains an adapter (its `peft_config`), merged into the saved model. With `sft.enabled: false`
-this stage is not in the plan: policy 0 is the base model itself.
+this stage is not in the plan: policy 0 is the base model itself. Under `accelerate launch` the Trainer spreads each
+batch over the processes (the same global batch of `sft.batch_size`) and the main process saves.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -17,7 +19,9 @@ from datasets import Dataset
 from alignloop.config import Config
 from alignloop.io import read_jsonl, write_json
 from alignloop.model_source import base_model_dir
+from alignloop.models.distributed import trained_model
 from alignloop.models.policy import load_policy, resolve_device
+from alignloop.models.shares import sft_batch_shares
 from alignloop.models.training import peft_config, save_policy
 from alignloop.paths import Layout
 
@@ -84,13 +88,17 @@ def run_sft(cfg: Config, layout: Layout) -> Path:
     model, tokenizer = load_policy(start, cfg.model, device)
     model.train()
     work_dir = layout.sft / ".trainer"
-    micro = min(cfg.sft.micro_batch_size or cfg.sft.batch_size, cfg.sft.batch_size)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by `accelerate launch`
+    micro, accumulation = sft_batch_shares(cfg.sft.batch_size, cfg.sft.micro_batch_size, processes)
+    if processes > 1 and os.environ.get("RANK", "0") == "0":
+        log.info("sft: %d processes, each with micro-batches of %d × %d accumulation steps per batch of %d",
+                 processes, micro, accumulation, cfg.sft.batch_size)
     args = SFTConfig(
         output_dir=str(work_dir),
         num_train_epochs=cfg.sft.epochs,
         learning_rate=cfg.sft.learning_rate,
         per_device_train_batch_size=micro,
-        gradient_accumulation_steps=cfg.sft.batch_size // micro,
+        gradient_accumulation_steps=accumulation,
         train_sampling_strategy="batch_rebalance" if micro < cfg.sft.batch_size else "random",
         warmup_steps=cfg.sft.warmup_ratio,
         weight_decay=cfg.sft.weight_decay,
@@ -122,7 +130,18 @@ def run_sft(cfg: Config, layout: Layout) -> Path:
     if not math.isfinite(result.training_loss) or any(not math.isfinite(entry["loss"]) for entry in history):
         raise NonFiniteSFTLossError(f"sft: the training loss became non-finite (final {result.training_loss}); nothing "
                                  "was saved. Lower sft.learning_rate")
-    save_policy(trainer.model, tokenizer, out_dir, "sft")
+    def fresh():  # the same structure, for a sharded model's gathered weights
+        base = load_policy(start, cfg.model, device)[0]
+        if peft is None:
+            return base
+        from peft import get_peft_model
+
+        return get_peft_model(base, peft)
+
+    trained = trained_model(trainer.accelerator, trainer.model_wrapped, fresh)
+    if trained is None:  # not the main process
+        return out_dir
+    save_policy(trained, tokenizer, out_dir, "sft")
     write_json(layout.train_log(0), {"train_loss": result.training_loss, "steps": result.global_step,
                                                "history": history})
     shutil.rmtree(work_dir, ignore_errors=True)
