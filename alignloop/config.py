@@ -125,7 +125,11 @@ class SampleConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(24, ge=1)
     batch_size: int = Field(256, ge=1)
-    """Prompts per generate call (each expanded to N sequences)."""
+    """Prompts per generate call (each expanded to N sequences; the hf backend)."""
+    backend: Literal["hf", "vllm"] = "hf"
+    """`hf`: Hugging Face generate in the pipeline's process. `vllm`: a vLLM engine on the saved policy, in vLLM's
+    own environment (scripts/setup_vllm.sh; settings under `vllm`). Both sample from the same chat-formatted prompt
+    tokens with the same stop tokens; sampled responses differ between the two (different random streams)."""
 
 
 # The name each ranker gives the benchmark's score metrics (greedy_<name>, sampled_<name>).
@@ -225,6 +229,28 @@ class BenchmarkConfig(Section):
     alpaca_eval: bool = True
     """Also write each evaluation set's greedy responses in AlpacaEval's format (instruction, output, generator,
     dataset) for external evaluators."""
+    backend: Literal["hf", "vllm"] = "hf"
+    """How the benchmark generates its greedy and sampled responses (as `sample.backend`; scoring stays in the
+    pipeline's process)."""
+
+
+class VllmConfig(Section):
+    """The vLLM engine of `sample.backend: vllm` / `benchmark.backend: vllm`. How fast it generates, not what:
+    none of it is in a cache key."""
+
+    python: str | None = None
+    """The vLLM environment's interpreter; empty: the checkout's `.venv-vllm/bin/python` (scripts/setup_vllm.sh)."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs one engine spreads the policy over."""
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    """Share of GPU memory the engine may take (weights + KV cache); it runs before training, alone on the GPU."""
+    cpu_kv_cache_gib: float = Field(1.0, gt=0)
+    """KV-cache size on a CPU-only machine (vLLM's CPU build would otherwise reserve most of the RAM)."""
+    max_num_seqs: int = Field(256, ge=1)
+    """Sequences the engine runs at once."""
+    enforce_eager: bool | None = None
+    """No compiled graphs: a faster start, slower generation. Empty: eager on CPU (compiling takes longer than it
+    saves there), compiled on GPUs."""
 
 
 STAGE_NAMES = ("prepare", "sft", "reward_model", "sample", "rank", "evolve", "cfn", "optimize", "benchmark", "report")
@@ -285,6 +311,7 @@ class Config(Section):
     evolve: EvolveConfig = EvolveConfig()
     cfn: CFNConfig = CFNConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
+    vllm: VllmConfig = VllmConfig()
     reward: RewardConfig = RewardConfig()
     pipeline: PipelineConfig = PipelineConfig()
     schedule: ScheduleConfig = ScheduleConfig()

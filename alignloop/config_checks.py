@@ -25,6 +25,7 @@ import yaml
 
 from alignloop.config_base import ConfigError
 from alignloop.models.shares import sft_batch_shares
+from alignloop.vllm_env import uses_vllm, vllm_python
 
 if TYPE_CHECKING:
     from alignloop.config import Config
@@ -114,11 +115,13 @@ def check_runnable(cfg: Config, root: Path = Path(".")) -> None:
     """Refuse what a run of `cfg` cannot do on this machine (ConfigError naming the key); see the module docstring."""
     try:
         _device_exists(cfg.model.device)
+        if uses_vllm(cfg):
+            vllm_python(cfg, root)
         if cfg.pipeline.launcher == "accelerate":
             _launch_fits(cfg, launch_processes(root / cfg.pipeline.accelerate_config))
         if cfg.data.is_testbed:
             _testbed_prompts_fit(cfg)
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(str(exc)) from None
 
 

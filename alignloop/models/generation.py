@@ -26,7 +26,8 @@ class Generation:
     text: str  # decoded without special tokens (for rankers and people)
     token_ids: tuple[int, ...]  # what the model produced, the stop token included when there was one
     finished: bool  # ended with a stop token (not cut by max_new_tokens)
-    seed: int  # the seed of the batch that produced it (-1 for greedy)
+    seed: int  # the seed of the batch (hf) or request (vllm) that produced it; -1 for greedy
+    logprob: float | None = None  # Σ log π(token) as the engine computed it (vllm; hf does not report it)
 
     @property
     def num_tokens(self) -> int:

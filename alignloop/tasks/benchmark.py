@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from statistics import mean
 
 import torch
@@ -82,9 +83,44 @@ def alpaca_eval_rows(rows: list[dict], greedy: list[list[Generation]], generator
             for row, gens in zip(rows, greedy)]
 
 
+def vllm_generations(cfg: Config, layout: Layout, source: Path, splits: dict[str, list[dict]]
+                     ) -> dict[str, tuple[list[list[Generation]], list[list[Generation]]]]:
+    """Every split's greedy and sampled responses from one vLLM engine, before this process loads any model (on a
+    GPU the engine has it to itself)."""
+    from alignloop.models.policy import load_tokenizer
+    from alignloop.models.vllm_engine import GenerationJob, vllm_generate
+
+    bench, jobs = cfg.benchmark, []
+    for split, rows in splits.items():
+        prompts, ids = [row["prompt"] for row in rows], [row["prompt_id"] for row in rows]
+        jobs += [GenerationJob(prompts, ids, greedy=True, max_new_tokens=bench.max_new_tokens),
+                 GenerationJob(prompts, ids, greedy=False, max_new_tokens=bench.max_new_tokens,
+                               num_samples=bench.num_samples, temperature=bench.sampled_temperature,
+                               seed=derive_seed(cfg.seed, "benchmark", split))]
+    results = vllm_generate(cfg, layout.root, source, load_tokenizer(source, cfg.model), jobs)
+    return {split: (results[2 * k], results[2 * k + 1]) for k, split in enumerate(splits)}
+
+
+def hf_generations(cfg: Config, model, tokenizer, split: str, prompts: list[str], ids: list[str]
+                   ) -> tuple[list[list[Generation]], list[list[Generation]]]:
+    bench = cfg.benchmark
+    greedy = generate(model, tokenizer, prompts, greedy=True, max_new_tokens=bench.max_new_tokens,
+                      batch_size=bench.batch_size, prompt_ids=ids, max_length=cfg.model.max_length,
+                      description=f"benchmark {split} greedy", kv_cache=cfg.model.kv_cache)
+    sampled = generate(model, tokenizer, prompts, num_samples=bench.num_samples,
+                       temperature=bench.sampled_temperature, max_new_tokens=bench.max_new_tokens,
+                       batch_size=bench.batch_size, seed=derive_seed(cfg.seed, "benchmark", split),
+                       prompt_ids=ids, max_length=cfg.model.max_length, description=f"benchmark {split} sampled",
+                       kv_cache=cfg.model.kv_cache)
+    return greedy, sampled
+
+
 def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
     bench = cfg.benchmark
-    model, tokenizer = load_policy(policy_dir(cfg, layout, iteration), cfg.model)
+    source = policy_dir(cfg, layout, iteration)
+    splits = {split: read_jsonl(layout.eval_prompts(split)) for split in eval_split_names(cfg)}
+    generated = vllm_generations(cfg, layout, source, splits) if bench.backend == "vllm" else {}
+    model, tokenizer = load_policy(source, cfg.model)
     reference = load_policy(policy_dir(cfg, layout, 0), cfg.model, model.device)[0] if iteration else None
     judge = build_ranker(cfg, ranker_model_dir(cfg, layout))
     sft_rows = [] if iteration == 0 else read_jsonl(layout.benchmark_outputs(0))
@@ -95,17 +131,12 @@ def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
     outputs: list[dict] = []
     exports: dict[str, list[dict]] = {}
     all_scores, all_baseline, all_lengths, all_baseline_lengths = [], [], [], []
-    for split in eval_split_names(cfg):
-        rows = read_jsonl(layout.eval_prompts(split))
+    for split, rows in splits.items():
         prompts, ids = [row["prompt"] for row in rows], [row["prompt_id"] for row in rows]
-        greedy = generate(model, tokenizer, prompts, greedy=True, max_new_tokens=bench.max_new_tokens,
-                          batch_size=bench.batch_size, prompt_ids=ids, max_length=cfg.model.max_length,
-                          description=f"benchmark {split} greedy", kv_cache=cfg.model.kv_cache)
-        sampled = generate(model, tokenizer, prompts, num_samples=bench.num_samples,
-                           temperature=bench.sampled_temperature, max_new_tokens=bench.max_new_tokens,
-                           batch_size=bench.batch_size, seed=derive_seed(cfg.seed, "benchmark", split),
-                           prompt_ids=ids, max_length=cfg.model.max_length, description=f"benchmark {split} sampled",
-                           kv_cache=cfg.model.kv_cache)
+        if split in generated:
+            greedy, sampled = generated[split]
+        else:
+            greedy, sampled = hf_generations(cfg, model, tokenizer, split, prompts, ids)
         flat_prompts = [row["prompt"] for row, gens in zip(rows, sampled) for _ in gens]
         flat_samples = [g for gens in sampled for g in gens]
         if getattr(judge, "pairwise", False):  # each response against the SFT policy's greedy one, both orders

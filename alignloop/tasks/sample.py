@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from alignloop.config import Config
 from alignloop.io import read_jsonl, write_jsonl
 from alignloop.model_source import policy_dir
-from alignloop.models.generation import derive_seed, generate
-from alignloop.models.policy import load_policy, policy_hash
+from alignloop.models.generation import Generation, derive_seed, generate
+from alignloop.models.policy import load_policy, load_tokenizer, policy_hash
 from alignloop.paths import Layout
 
 log = logging.getLogger(__name__)
@@ -33,17 +34,30 @@ def iteration_prompts(cfg: Config, layout: Layout, iteration: int) -> list[dict]
     return rows
 
 
+def generate_samples(cfg: Config, layout: Layout, source: Path, prompts: list[dict], seed: int,
+                     description: str) -> list[list[Generation]]:
+    """`sample.num_samples` responses per prompt from the policy at `source`, with `sample.backend`."""
+    texts, ids = [row["prompt"] for row in prompts], [row["prompt_id"] for row in prompts]
+    if cfg.sample.backend == "vllm":
+        from alignloop.models.vllm_engine import GenerationJob, vllm_generate
+
+        job = GenerationJob(texts, ids, greedy=False, max_new_tokens=cfg.sample.max_new_tokens,
+                            num_samples=cfg.sample.num_samples, temperature=cfg.sample.temperature,
+                            top_p=cfg.sample.top_p, seed=seed)
+        return vllm_generate(cfg, layout.root, source, load_tokenizer(source, cfg.model), [job])[0]
+    model, tokenizer = load_policy(source, cfg.model)
+    return generate(model, tokenizer, texts, num_samples=cfg.sample.num_samples, temperature=cfg.sample.temperature,
+                    top_p=cfg.sample.top_p, max_new_tokens=cfg.sample.max_new_tokens,
+                    batch_size=cfg.sample.batch_size, seed=seed, prompt_ids=ids, max_length=cfg.model.max_length,
+                    description=description, kv_cache=cfg.model.kv_cache)
+
+
 def run_sample(cfg: Config, layout: Layout, iteration: int) -> None:
     prompts = [{**row, "iteration": iteration} for row in iteration_prompts(cfg, layout, iteration)]
     source = policy_dir(cfg, layout, iteration - 1)
-    model, tokenizer = load_policy(source, cfg.model)
-    producer = policy_hash(source)
+    producer = policy_hash(source)  # the vllm backend checks its engine loaded exactly these weights
     seed = derive_seed(cfg.seed, "sample", iteration)
-    generations = generate(
-        model, tokenizer, [row["prompt"] for row in prompts], num_samples=cfg.sample.num_samples,
-        temperature=cfg.sample.temperature, top_p=cfg.sample.top_p, max_new_tokens=cfg.sample.max_new_tokens,
-        batch_size=cfg.sample.batch_size, seed=seed, prompt_ids=[row["prompt_id"] for row in prompts],
-        max_length=cfg.model.max_length, description=f"sample iter {iteration}", kv_cache=cfg.model.kv_cache)
+    generations = generate_samples(cfg, layout, source, prompts, seed, f"sample iter {iteration}")
     rows = [
         {"prompt_id": row["prompt_id"], "sample_index": index, "prompt": row["prompt"], "response": gen.text,
          "response_ids": list(gen.token_ids), "num_tokens": gen.num_tokens, "finished": gen.finished,
