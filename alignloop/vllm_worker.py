@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -66,9 +67,16 @@ def run_job(llm, job: dict) -> list[list[dict]]:
 
 
 def main(request_path: str, result_path: str) -> int:
+    started = time.perf_counter()
     request = json.loads(Path(request_path).read_text())
     llm = engine(request)
-    result = {"weights": weights_hash(request["model"]), "jobs": [run_job(llm, job) for job in request["jobs"]]}
+    seconds = {"engine_start": time.perf_counter() - started, "jobs": []}
+    jobs = []
+    for job in request["jobs"]:
+        begun = time.perf_counter()
+        jobs.append(run_job(llm, job))
+        seconds["jobs"].append(time.perf_counter() - begun)
+    result = {"weights": weights_hash(request["model"]), "jobs": jobs, "seconds": seconds}
     tmp = Path(result_path).with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     tmp.replace(result_path)

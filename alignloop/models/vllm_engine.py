@@ -20,12 +20,15 @@ from pathlib import Path
 
 from transformers import AutoConfig, GenerationConfig, PreTrainedTokenizerBase
 
+from alignloop import vllm_worker  # imported only to be part of the stages' code version: it runs in vLLM's env
 from alignloop.config import Config
 from alignloop.models.generation import Generation, check_prompt_lengths, cut_at_stop, derive_seed, prompt_token_ids
 from alignloop.models.policy import policy_hash, resolve_device
 from alignloop.vllm_env import vllm_python
 
-WORKER = Path(__file__).resolve().parents[1] / "vllm_worker.py"
+WORKER = Path(vllm_worker.__file__)
+# The last run's seconds (engine start, each job), for benchmarks/sampling.py; never written to an artifact.
+last_timings: dict = {}
 
 
 class VllmError(RuntimeError):
@@ -102,6 +105,8 @@ def vllm_generate(cfg: Config, root: Path, model_dir: Path, tokenizer: PreTraine
         if code != 0 or not result_path.is_file():
             raise VllmError(f"vLLM exited with code {code}: {_last_line(log_path)} (full log: {log_path})")
         result = json.loads(result_path.read_text())
+    last_timings.clear()
+    last_timings.update(result["seconds"])
     expected = policy_hash(model_dir)
     if result["weights"] != expected:
         raise StalePolicyError(f"vLLM generated from weights {result['weights']}, but the policy at {model_dir} is "
