@@ -118,7 +118,9 @@ def check_runnable(cfg: Config, root: Path = Path(".")) -> None:
         if uses_vllm(cfg):
             vllm_python(cfg, root)
         if cfg.pipeline.launcher == "accelerate":
-            _launch_fits(cfg, launch_processes(root / cfg.pipeline.accelerate_config))
+            from alignloop.launch import accelerate_config_file
+
+            _launch_fits(cfg, launch_processes(accelerate_config_file(cfg, root)))
         if cfg.data.is_testbed:
             _testbed_prompts_fit(cfg)
     except (ValueError, FileNotFoundError) as exc:

@@ -38,6 +38,20 @@ class LaunchedStageUserError(ValueError):
     """The launched stage refused its input or diverged: the message says what to change."""
 
 
+# The configs this checkout ships (configs/accelerate/), for a project that names one without copying it.
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def accelerate_config_file(cfg: Config, root: Path) -> Path:
+    """`pipeline.accelerate_config` in the project directory, else (a relative path such as
+    configs/accelerate/multi_gpu.yaml) in alignloop's checkout."""
+    path = Path(cfg.pipeline.accelerate_config or "")
+    local = root / path
+    if local.is_file() or path.is_absolute() or not (CHECKOUT / path).is_file():
+        return local
+    return CHECKOUT / path
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -45,7 +59,7 @@ def _free_port() -> int:
 
 
 def launch_command(cfg: Config, stage: str, iteration: int, root: Path, config_json: Path, errors: Path) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", cfg.pipeline.accelerate_config,
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config_file(cfg, root)),
             "--main_process_port", str(_free_port()), "--quiet",
             "-m", "alignloop.launched", stage, str(iteration), str(root), str(config_json), str(errors)]
 
