@@ -101,6 +101,28 @@ def _engine_logps_match(model, tokenizer, prompts: list[str], generations, max_l
     return (logps.double() - engine).abs().max().item()
 
 
+def _sft_policy(project: Path):
+    """The project's config, its SFT policy's directory, and that policy loaded with transformers."""
+    from alignloop.config import load_config
+    from alignloop.models.policy import load_policy
+
+    cfg = load_config(project / "params.yaml")
+    policy = project / "artifacts/sft/model"
+    return (cfg, policy, *load_policy(policy, cfg.model))
+
+
+def _hf_greedy(cfg, model, tokenizer, prompts: list[str], ids: list[str], max_new_tokens: int):
+    from alignloop.models.generation import generate
+
+    return generate(model, tokenizer, prompts, greedy=True, max_new_tokens=max_new_tokens, batch_size=64,
+                    prompt_ids=ids, max_length=cfg.model.max_length)
+
+
+def _assert_same_greedy(hf, engine) -> None:
+    same = sum(a[0].token_ids == b[0].token_ids for a, b in zip(hf, engine, strict=True))
+    assert same >= 0.99 * len(hf), f"greedy responses equal on {same} of {len(hf)} prompts"
+
+
 @pytest.fixture(scope="module")
 def testbed_project(tmp_path_factory) -> Path:
     """A testbed SFT policy that answers (head width 32, which vLLM's CPU kernels take; the default's 24 is not)."""
@@ -117,22 +139,14 @@ def testbed_project(tmp_path_factory) -> Path:
 @pytest.mark.slow
 @requires_vllm
 def test_vllm_greedy_matches_hf_on_the_testbed_policy(testbed_project):
-    from alignloop.config import load_config
-    from alignloop.models.generation import generate
-    from alignloop.models.policy import load_policy
     from alignloop.models.vllm_engine import GenerationJob, vllm_generate
 
-    cfg = load_config(testbed_project / "params.yaml")
-    policy = testbed_project / "artifacts/sft/model"
-    model, tokenizer = load_policy(policy, cfg.model)
+    cfg, policy, model, tokenizer = _sft_policy(testbed_project)
     rows = _jsonl(testbed_project / "data" / "train_prompts.jsonl")[:200]
     prompts, ids = [row["prompt"] for row in rows], [row["prompt_id"] for row in rows]
-    hf = generate(model, tokenizer, prompts, greedy=True, max_new_tokens=16, batch_size=64, prompt_ids=ids,
-                  max_length=cfg.model.max_length)
     [greedy] = vllm_generate(cfg, testbed_project, policy, tokenizer,
                              [GenerationJob(prompts, ids, greedy=True, max_new_tokens=16)])
-    same = sum(a[0].token_ids == b[0].token_ids for a, b in zip(hf, greedy))
-    assert same >= 0.99 * len(prompts), f"greedy responses equal on {same} of {len(prompts)} prompts"
+    _assert_same_greedy(_hf_greedy(cfg, model, tokenizer, prompts, ids, 16), greedy)
     # answers that depend on the prompt and end at the stop token: a comparison that could have failed
     assert len({gens[0].token_ids for gens in greedy}) > 20 and sum(g[0].finished for g in greedy) > 150
     assert _engine_logps_match(model, tokenizer, prompts, greedy, cfg.model.max_length) < 1e-4
@@ -141,23 +155,15 @@ def test_vllm_greedy_matches_hf_on_the_testbed_policy(testbed_project):
 @pytest.mark.slow
 @requires_vllm
 def test_vllm_on_the_chat_fixture(project):
-    from alignloop.config import load_config
-    from alignloop.models.generation import generate
-    from alignloop.models.policy import load_policy
     from alignloop.models.vllm_engine import GenerationJob, vllm_generate
 
-    cfg = load_config(project / "params.yaml")
-    policy = project / "artifacts/sft/model"
-    model, tokenizer = load_policy(policy, cfg.model)
+    cfg, policy, model, tokenizer = _sft_policy(project)
     prompts, ids = _prompts(project, tokenizer)
     assert len(prompts) >= 100
-    hf = generate(model, tokenizer, prompts, greedy=True, max_new_tokens=32, batch_size=64, prompt_ids=ids,
-                  max_length=cfg.model.max_length)
     sampled = GenerationJob(prompts, ids, greedy=False, max_new_tokens=32, num_samples=4, seed=11)
     greedy, first = vllm_generate(cfg, project, policy, tokenizer,
                                   [GenerationJob(prompts, ids, greedy=True, max_new_tokens=32), sampled])
-    same = sum(a[0].token_ids == b[0].token_ids for a, b in zip(hf, greedy))
-    assert same >= 0.99 * len(prompts), f"greedy responses equal on {same} of {len(prompts)} prompts"
+    _assert_same_greedy(_hf_greedy(cfg, model, tokenizer, prompts, ids, 32), greedy)
     # the sampled responses are varied BPE text: the engine's log-probs are the policy's, token by token
     assert all(len({g.token_ids for g in gens}) > 1 for gens in first[:20])  # n samples per request, not n copies
     assert _engine_logps_match(model, tokenizer, prompts, first, cfg.model.max_length) < 1e-4
