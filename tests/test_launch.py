@@ -102,3 +102,16 @@ def test_a_failure_reports_the_first_process_that_failed(tmp_path):
 def test_a_launch_that_died_before_reporting(tmp_path):
     error = _failure(tmp_path, -9, "sft")
     assert isinstance(error, LaunchedStageError) and "exited with code -9" in str(error)
+
+
+def test_each_launched_process_loads_onto_its_own_gpu(monkeypatch):
+    import torch
+
+    from alignloop.models.distributed import process_device
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert process_device(torch.device("cuda")) == torch.device("cuda")  # not launched: as configured
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert process_device(torch.device("cuda")) == torch.device("cuda", 3)  # not all eight on GPU 0
+    assert process_device(torch.device("cuda", 1)) == torch.device("cuda", 1)  # an explicit GPU is kept
+    assert process_device(torch.device("cpu")) == torch.device("cpu")

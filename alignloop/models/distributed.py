@@ -31,6 +31,14 @@ def make_accelerator(device: torch.device, accumulation_steps: int = 1):
     return accelerator
 
 
+def process_device(device: torch.device) -> torch.device:
+    """This process's device: under `accelerate launch` on GPUs, process k (LOCAL_RANK) uses GPU k, not GPU 0."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    if device.type == "cuda" and device.index is None and local_rank is not None:
+        return torch.device("cuda", int(local_rank))
+    return device
+
+
 def shards_weights(accelerator) -> bool:
     """FSDP and DeepSpeed hold each weight in pieces across processes; DDP holds whole copies."""
     from accelerate.utils import DistributedType

@@ -199,8 +199,9 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
     out_dir = layout.policy(iteration)
     start_dir = policy_dir(cfg, layout, iteration - 1)
     pairs_rows = read_jsonl(layout.pairs(iteration))
-    policy, tokenizer = load_policy(start_dir, cfg.model)
     accelerator = make_accelerator(resolve_device(cfg.model.device))
+    # on this process's own device: under `accelerate launch` on GPUs, process k loads onto GPU k
+    policy, tokenizer = load_policy(start_dir, cfg.model, accelerator.device)
     accelerator.gradient_accumulation_steps = accumulation_steps(opt, accelerator.num_processes)
     if not pairs_rows:
         log.warning("optimize: iteration %d has no pairs (every prompt's responses tied); the policy is unchanged",

@@ -19,7 +19,7 @@ from datasets import Dataset
 from alignloop.config import Config
 from alignloop.io import read_jsonl, write_json
 from alignloop.model_source import base_model_dir
-from alignloop.models.distributed import trained_model
+from alignloop.models.distributed import process_device, trained_model
 from alignloop.models.policy import load_policy, resolve_device
 from alignloop.models.shares import sft_batch_shares
 from alignloop.models.training import peft_config, save_policy
@@ -84,7 +84,7 @@ def run_sft(cfg: Config, layout: Layout) -> Path:
     rows = read_jsonl(layout.sft_data)
     if not rows:
         raise ValueError(f"{layout.sft_data}: no demonstrations")
-    device = resolve_device(cfg.model.device)
+    device = process_device(resolve_device(cfg.model.device))
     model, tokenizer = load_policy(start, cfg.model, device)
     model.train()
     work_dir = layout.sft / ".trainer"
