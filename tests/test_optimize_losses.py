@@ -137,3 +137,19 @@ def test_unfit_pairs_have_zero_prompted_margin():
     margin = provider.fields(fwd)["prompted_margin"]
     # log p = log(1/5) per token: chosen −2·log 5 + 1, rejected −log 5 + 3, so h = −log 5 − 2 where it fits.
     assert margin.tolist() == pytest.approx([-torch.log(torch.tensor(5.0)).item() - 2, 0.0])
+
+
+def test_micro_batches_of_a_batch_larger_than_the_pairs_still_step(tmp_path, sft_dir, small_testbed_data):
+    """8 pairs, batch_size 16: every batch is all 8 pairs. In micro-batches of 3 (3 + 3 + 2) the optimizer must step
+    after the batch's last micro-batch, giving the update of one 8-pair batch."""
+    weights = {}
+    for micro in (None, 3):
+        layout = _project(tmp_path / f"micro-{micro}", sft_dir, small_testbed_data)
+        cfg = Config.model_validate({**TINY, "optimize": {**TINY["optimize"], "batch_size": 16,
+                                                          "micro_batch_size": micro}})
+        optimize.run_optimize(cfg, layout, 1)
+        weights[micro] = load_file(layout.policy(1) / "model.safetensors")
+    start = load_file(sft_dir / "model.safetensors")
+    assert max((weights[None][name] - start[name]).abs().max() for name in start) > 1e-4  # it trained
+    for name, tensor in weights[None].items():
+        assert torch.allclose(weights[3][name], tensor, atol=1e-6), name

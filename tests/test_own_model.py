@@ -106,7 +106,7 @@ def test_gradient_accumulation_gives_the_full_batch_update(fixture, sampled):
         opt = Config.model_validate({"optimize": {"batch_size": len(pairs), "micro_batch_size": micro}}).optimize
         terms = _terms(model, pairs, tokenizer)
         model.train()
-        accelerator = make_accelerator(torch.device("cpu"), accumulation_steps(opt, 1))
+        accelerator = make_accelerator(torch.device("cpu"), accumulation_steps(opt, 1, len(pairs)))
         loss, _ = train_step(accelerator, model, terms, pairs, indices, opt, tokenizer.pad_token_id, keep_hidden=False)
         grads[micro] = {name: p.grad.clone() for name, p in model.named_parameters()}
         losses[micro] = loss.item()

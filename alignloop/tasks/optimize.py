@@ -163,12 +163,14 @@ def micro_batches(indices: list[int], size: int | None) -> list[list[int]]:
     return [indices[start:start + size] for start in range(0, len(indices), size)]
 
 
-def accumulation_steps(opt: OptimizeConfig, processes: int) -> int:
-    """Micro-batches per process and step: each process's equal share of a batch, cut to `micro_batch_size`."""
+def accumulation_steps(opt: OptimizeConfig, processes: int, num_pairs: int) -> int:
+    """Micro-batches per process and step: each process's equal share of a batch, cut to `micro_batch_size`. Every
+    batch has the same size, `batch_size` or all the pairs when there are fewer; accelerate steps the optimizer only
+    after exactly this many."""
     if opt.batch_size % processes:
         raise ValueError(f"optimize.batch_size ({opt.batch_size}) must be a multiple of the number of training "
                          f"processes ({processes}), so that every process takes an equal share of each batch")
-    local = opt.batch_size // processes
+    local = min(opt.batch_size, num_pairs) // processes
     return len(micro_batches(list(range(local)), opt.micro_batch_size))
 
 
@@ -202,7 +204,6 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
     accelerator = make_accelerator(resolve_device(cfg.model.device))
     # on this process's own device: under `accelerate launch` on GPUs, process k loads onto GPU k
     policy, tokenizer = load_policy(start_dir, cfg.model, accelerator.device)
-    accelerator.gradient_accumulation_steps = accumulation_steps(opt, accelerator.num_processes)
     if not pairs_rows:
         log.warning("optimize: iteration %d has no pairs (every prompt's responses tied); the policy is unchanged",
                     iteration)
@@ -216,6 +217,8 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
         raise ValueError(f"optimize iteration {iteration}: {len(pairs_rows)} pairs, fewer than optimize.batch_size "
                          f"({opt.batch_size}); with {accelerator.num_processes} processes every batch must be full. "
                          "Lower optimize.batch_size or sample more prompts")
+
+    accelerator.gradient_accumulation_steps = accumulation_steps(opt, accelerator.num_processes, len(pairs_rows))
 
     # 1) tokens, 2) the policy, 3) the objective
     pairs = tokenize_pairs(pairs_rows, tokenizer, cfg.model.max_length)
