@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from alignloop.config import STAGE_NAMES, Config, ConfigError, load_config, parse_config
+from alignloop.config import Config, ConfigError, load_config, parse_config
+from alignloop.config_run import STAGE_NAMES
 
 STAGE_LIST = ", ".join(STAGE_NAMES)  # the order the CLI and the config name them in
 

@@ -7,8 +7,9 @@ import re
 from pathlib import Path
 from typing import get_args
 
-from alignloop.config import JUDGE_NAMES, STAGE_NAMES, Config, EvolveConfig, OptimizeConfig, RankConfig
+from alignloop.config import JUDGE_NAMES, Config, EvolveConfig, OptimizeConfig, RankConfig
 from alignloop.config_reward import RewardConfig
+from alignloop.config_run import STAGE_NAMES
 from alignloop.methods.creator import INFORMATIVENESS
 from alignloop.methods.pairing import PAIR_RULES
 from alignloop.models.losses import LOSSES
