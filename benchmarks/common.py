@@ -4,6 +4,7 @@ mean ± std over seeds."""
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -11,6 +12,14 @@ import time
 from pathlib import Path
 
 import yaml
+
+
+def project_env(**extra: str) -> dict[str, str]:
+    """This environment for a run in its own project directory: its own MLflow and Prefect stores, no progress bars."""
+    env = {**os.environ, "ALIGNLOOP_PROGRESS": "0", **extra}
+    for key in ("MLFLOW_TRACKING_URI", "PREFECT_HOME", "PREFECT_API_URL"):
+        env.pop(key, None)
+    return env
 
 
 def load_params(path: Path, iterations: int | None) -> dict:

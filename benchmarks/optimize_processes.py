@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -22,6 +21,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from common import project_env
 
 REPO = Path(__file__).resolve().parents[1]
 ALIGNLOOP = str(Path(sys.executable).parent / "alignloop")
@@ -34,19 +35,12 @@ LAUNCHERS = {"1 process": {"launcher": "python"},
                                    "accelerate_config": str(REPO / "configs/accelerate/cpu_ddp_2proc.yaml")}}
 
 
-def _env() -> dict[str, str]:
-    env = {**os.environ, "ALIGNLOOP_PROGRESS": "0"}
-    for key in ("MLFLOW_TRACKING_URI", "PREFECT_HOME", "PREFECT_API_URL"):
-        env.pop(key, None)
-    return env
-
-
 def timed_optimize(project: Path, pipeline: dict) -> dict:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["pipeline"] = {**params.get("pipeline", {}), **pipeline}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     start = time.perf_counter()
-    result = subprocess.run([ALIGNLOOP, "stage", "optimize", "--iteration", "1"], cwd=project, env=_env(),
+    result = subprocess.run([ALIGNLOOP, "stage", "optimize", "--iteration", "1"], cwd=project, env=project_env(),
                             capture_output=True, text=True, check=True)
     wall = time.perf_counter() - start
     found = re.search(r"optimize: (\d+) pairs, (\d+) steps in ([\d.]+) s \(([\d.]+) pairs/s\)",
@@ -64,7 +58,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="alignloop-processes-") as tmp:
         project = Path(tmp)
         (project / "params.yaml").write_text(yaml.safe_dump(PARAMS, sort_keys=False))
-        subprocess.run([ALIGNLOOP, "run"], cwd=project, env=_env(), check=True, stdout=subprocess.DEVNULL,
+        subprocess.run([ALIGNLOOP, "run"], cwd=project, env=project_env(), check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
         runs: dict[str, list[dict]] = {label: [] for label in LAUNCHERS}
         for repeat in range(args.repeats):

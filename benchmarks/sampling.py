@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from common import project_env
 
 REPO = Path(__file__).resolve().parents[1]
 ALIGNLOOP = str(Path(sys.executable).parent / "alignloop")
@@ -32,10 +33,8 @@ TESTBED = {"iterations": 0, "testbed": {"sft_examples": 3000, "prompt_pool_size"
 
 def testbed_policy(workdir: Path) -> tuple[Path, Path]:
     (workdir / "params.yaml").write_text(yaml.safe_dump(TESTBED, sort_keys=False))
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("MLFLOW_TRACKING_URI", "PREFECT_HOME", "PREFECT_API_URL")}
     subprocess.run([ALIGNLOOP, "run"], cwd=workdir, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, env={**env, "ALIGNLOOP_PROGRESS": "0"})
+                   stderr=subprocess.DEVNULL, env=project_env())
     return workdir / "artifacts" / "sft" / "model", workdir / "data" / "train_prompts.jsonl"
 
 

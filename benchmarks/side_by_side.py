@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from common import project_env
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -31,9 +32,7 @@ def timed_run(tree: Path, seed: int, workdir: Path) -> dict:
     params["seed"] = seed
     workdir.mkdir(parents=True)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": str(tree), "ALIGNLOOP_PROGRESS": "0"}
-    for key in ("MLFLOW_TRACKING_URI", "PREFECT_HOME", "PREFECT_API_URL"):
-        env.pop(key, None)
+    env = project_env(PYTHONPATH=str(tree))
     start = time.perf_counter()
     subprocess.run([str(Path(sys.executable).parent / "alignloop"), "run"], cwd=workdir, env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

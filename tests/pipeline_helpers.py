@@ -14,9 +14,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
+from alignloop.vllm_env import DEFAULT_ENV
+
 REPO = Path(__file__).resolve().parents[1]
+# The vLLM environment's tests skip without it, except under ALIGNLOOP_REQUIRE_VLLM=1 (CI), where it must exist.
+HAVE_VLLM = (DEFAULT_ENV / "bin" / "python").is_file()
+requires_vllm = pytest.mark.skipif(not HAVE_VLLM and not os.environ.get("ALIGNLOOP_REQUIRE_VLLM"),
+                                   reason="no vLLM environment (scripts/setup_vllm.sh)")
 BIN = Path(sys.executable).parent
 ALIGNLOOP = str(BIN / "alignloop")
 DVC = str(BIN / "dvc")

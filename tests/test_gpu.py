@@ -4,21 +4,15 @@ vLLM's CUDA engine against HF generate, and data parallelism over two GPUs again
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from alignloop.vllm_env import DEFAULT_ENV
-
-from pipeline_helpers import ALIGNLOOP, REPO, copy_project, make_project, run, set_params
+from pipeline_helpers import ALIGNLOOP, REPO, copy_project, make_project, requires_vllm, run, set_params
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
-requires_vllm = pytest.mark.skipif(not (DEFAULT_ENV / "bin" / "python").is_file() and
-                                   not os.environ.get("ALIGNLOOP_REQUIRE_VLLM"),
-                                   reason="no vLLM environment (scripts/setup_vllm.sh)")
 # head width 64: what vLLM's kernels take
 ON_GPU = {"model": {"device": "cuda", "n_layer": 2, "n_embd": 128, "n_head": 2},
           "sample": {"num_prompts": 96}, "optimize": {"batch_size": 8}}

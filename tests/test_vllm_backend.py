@@ -14,7 +14,6 @@ its absence is a failure.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,9 @@ import yaml
 
 from alignloop.config import Config, ConfigError
 from alignloop.config_checks import check_runnable
-from alignloop.vllm_env import DEFAULT_ENV
 
-from pipeline_helpers import ALIGNLOOP, REPO, merge, run, statuses
+from pipeline_helpers import ALIGNLOOP, REPO, merge, requires_vllm, run, statuses
 
-HAVE_VLLM = (DEFAULT_ENV / "bin" / "python").is_file()
-requires_vllm = pytest.mark.skipif(not HAVE_VLLM and not os.environ.get("ALIGNLOOP_REQUIRE_VLLM"),
-                                   reason="no vLLM environment (scripts/setup_vllm.sh)")
 ON_VLLM = {"iterations": 1, "sample": {"backend": "vllm"}, "benchmark": {"backend": "vllm"}}
 
 

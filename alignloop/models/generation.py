@@ -56,7 +56,12 @@ def check_prompt_lengths(lengths: list[int], ids: list[str], max_positions: int,
 
 def max_positions_of(model: PreTrainedModel, max_length: int | None = None) -> int:
     """Positions a prompt + response may use: the model's limit, capped by `model.max_length` when given."""
-    positions = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
+    return config_positions(model.config, max_length)
+
+
+def config_positions(config, max_length: int | None = None) -> int:
+    """The same from a model config alone (no weights loaded)."""
+    positions = getattr(config, "n_positions", None) or config.max_position_embeddings
     return min(positions, max_length) if max_length else positions
 
 

@@ -64,7 +64,11 @@ def load_policy(path: str | Path, cfg: ModelConfig, device: torch.device | None 
 def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Tokens that end a response: the generation config's EOS (one id or a list, e.g. a chat model's end-of-turn
     token) and the tokenizer's EOS, in that order, without repeats."""
-    configured = getattr(model.generation_config, "eos_token_id", None)
+    return stop_ids(getattr(model.generation_config, "eos_token_id", None), tokenizer)
+
+
+def stop_ids(configured: int | list[int] | None, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """`configured` (a generation config's EOS: none, one id or several), then the tokenizer's EOS, without repeats."""
     configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
     return list(dict.fromkeys([*configured, tokenizer.eos_token_id]))
 

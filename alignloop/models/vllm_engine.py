@@ -12,6 +12,7 @@ prompt's id, so a response does not depend on which other prompts were in the ba
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -22,8 +23,15 @@ from transformers import AutoConfig, GenerationConfig, PreTrainedTokenizerBase
 
 from alignloop import vllm_worker  # imported only to be part of the stages' code version: it runs in vLLM's env
 from alignloop.config import Config
-from alignloop.models.generation import Generation, check_prompt_lengths, cut_at_stop, derive_seed, prompt_token_ids
-from alignloop.models.policy import policy_hash, resolve_device
+from alignloop.models.generation import (
+    Generation,
+    check_prompt_lengths,
+    config_positions,
+    cut_at_stop,
+    derive_seed,
+    prompt_token_ids,
+)
+from alignloop.models.policy import policy_hash, resolve_device, stop_ids
 from alignloop.vllm_env import vllm_python
 
 WORKER = Path(vllm_worker.__file__)
@@ -57,14 +65,7 @@ def stop_ids_of(model_dir: Path, tokenizer: PreTrainedTokenizerBase) -> list[int
         configured = GenerationConfig.from_pretrained(model_dir).eos_token_id
     except OSError:  # no generation_config.json: the model config's EOS
         configured = AutoConfig.from_pretrained(model_dir).eos_token_id
-    configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
-    return list(dict.fromkeys([*configured, tokenizer.eos_token_id]))
-
-
-def _max_positions(model_dir: Path, max_length: int) -> int:
-    config = AutoConfig.from_pretrained(model_dir)
-    positions = getattr(config, "n_positions", None) or config.max_position_embeddings
-    return min(positions, max_length)
+    return stop_ids(configured, tokenizer)
 
 
 def _job_request(job: GenerationJob, tokenizer, stop_ids: list[int], max_positions: int) -> dict:
@@ -83,7 +84,7 @@ def vllm_generate(cfg: Config, root: Path, model_dir: Path, tokenizer: PreTraine
     to the project's `.alignloop/logs/`."""
     python, model_dir, log_dir = vllm_python(cfg, root), Path(model_dir).resolve(), root / ".alignloop" / "logs"
     stop_ids = stop_ids_of(model_dir, tokenizer)
-    max_positions = _max_positions(model_dir, cfg.model.max_length)
+    max_positions = config_positions(AutoConfig.from_pretrained(model_dir), cfg.model.max_length)
     requests = [_job_request(job, tokenizer, stop_ids, max_positions) for job in jobs]
     device = resolve_device(cfg.model.device).type
     request = {"model": str(model_dir), "dtype": cfg.model.dtype, "max_model_len": max_positions,
@@ -116,8 +117,6 @@ def vllm_generate(cfg: Config, root: Path, model_dir: Path, tokenizer: PreTraine
 
 
 def _worker_env(extra: dict[str, str]) -> dict[str, str]:
-    import os
-
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     return {**env, **{key: value for key, value in extra.items() if value}}
 
