@@ -28,12 +28,31 @@ from alignloop.paths import Layout
 log = logging.getLogger(__name__)
 
 
-def sft_dataset(rows: list[dict]) -> Dataset:
-    """Conversational prompt-completion rows: TRL applies the chat template and masks the prompt."""
-    return Dataset.from_dict({
-        "prompt": [[{"role": "user", "content": row["prompt"]}] for row in rows],
-        "completion": [[{"role": "assistant", "content": row["response"]}] for row in rows],
-    })
+def sft_dataset(rows: list[dict], tokenizer, max_length: int) -> Dataset:
+    """The demonstrations tokenized as TRL's SFTTrainer would (chat template, loss on the response only, cut to
+    `max_length` from the start, examples with no response token left dropped), but in two batched tokenizer calls
+    instead of two chat-template calls per row through `datasets.map`: the same tensors, a tenth of the time."""
+    from trl.data_utils import common_prefix_length
+
+    prompts = [[{"role": "user", "content": row["prompt"]}] for row in rows]
+    conversations = [p + [{"role": "assistant", "content": row["response"]}] for p, row in zip(prompts, rows)]
+    prompt_ids = _token_ids(tokenizer, tokenizer.apply_chat_template(prompts, tokenize=False,
+                                                                      add_generation_prompt=True))
+    full_ids = _token_ids(tokenizer, tokenizer.apply_chat_template(conversations, tokenize=False))
+    input_ids, labels = [], []
+    for prompt, full in zip(prompt_ids, full_ids):
+        prompt_length = common_prefix_length(prompt, full)
+        ids, label = full[:max_length], ([-100] * prompt_length + full[prompt_length:])[:max_length]
+        if any(token != -100 for token in label):
+            input_ids.append(ids)
+            labels.append(label)
+    if not input_ids:
+        raise ValueError(f"sft: no demonstration has a response token within model.max_length ({max_length})")
+    return Dataset.from_dict({"input_ids": input_ids, "labels": labels})
+
+
+def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]  # the template already wrote the special tokens
 
 
 class NonFiniteSFTLossError(FloatingPointError):
@@ -58,9 +77,20 @@ def stop_on_non_finite_loss():
     return StopOnNonFiniteLoss()
 
 
-def seeded_trainer_class():
+# Full logits of a micro-batch up to this size (fp32 bytes) are cheaper than TRL's chunked, fused head (which also
+# computes entropy and accuracy for its logs); a 7B model's vocabulary far exceeds it and keeps the fused head.
+PLAIN_HEAD_MAX_BYTES = 64 * 2**20
+
+
+def uses_plain_head(vocab_size: int, micro_batch_size: int, max_length: int) -> bool:
+    return 4 * vocab_size * micro_batch_size * max_length <= PLAIN_HEAD_MAX_BYTES
+
+
+def seeded_trainer_class(plain_head: bool = False):
     """TRL's SFTTrainer whose length-balanced batch sampler draws its batches from the run's seed (the Trainer
-    builds it with a fixed seed of 42, which would make every seed see the demonstrations in the same order)."""
+    builds it with a fixed seed of 42, which would make every seed see the demonstrations in the same order), and
+    which, with `plain_head`, takes the loss from the model's own head (the same mean over response tokens)."""
+    from transformers import Trainer
     from transformers.trainer_pt_utils import BatchRebalanceSampler
     from trl import SFTTrainer
 
@@ -70,6 +100,12 @@ def seeded_trainer_class():
             if isinstance(sampler, BatchRebalanceSampler):
                 sampler.seed = self.args.data_seed
             return sampler
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not plain_head:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs,
+                                        num_items_in_batch)
 
     return SeededSFTTrainer
 
@@ -118,13 +154,16 @@ def run_sft(cfg: Config, layout: Layout) -> Path:
         disable_tqdm=False,
         dataloader_num_workers=0,
         dataset_num_proc=None,
+        dataset_kwargs={"skip_prepare_dataset": True},  # sft_dataset did it
     )
     peft = peft_config(cfg.sft.lora) if cfg.sft.lora is not None else None
     if peft is not None:
         torch.manual_seed(cfg.seed)  # the adapter's init happens before the Trainer seeds itself
-    trainer = seeded_trainer_class()(model=model, args=args, train_dataset=sft_dataset(rows),
-                                     processing_class=tokenizer, peft_config=peft,
-                                     callbacks=[stop_on_non_finite_loss()])
+    plain_head = uses_plain_head(model.config.vocab_size, micro, cfg.model.max_length)
+    dataset = sft_dataset(rows, tokenizer, cfg.model.max_length)
+    trainer = seeded_trainer_class(plain_head)(model=model, args=args, train_dataset=dataset,
+                                               processing_class=tokenizer, peft_config=peft,
+                                               callbacks=[stop_on_non_finite_loss()])
     result = trainer.train()
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
     if not math.isfinite(result.training_loss) or any(not math.isfinite(entry["loss"]) for entry in history):
