@@ -176,20 +176,28 @@ def _device_exists(name: str) -> None:
         raise ValueError(f"model.device: {name!r} is not supported (auto, cpu, cuda, cuda:N or mps)")
 
 
-# The testbed tokenizer gives every character one token; the chat template adds `<|user|>` and `<|assistant|>`.
+# The chat template adds `<|user|>` and `<|assistant|>` to a prompt.
 _CHAT_TOKENS = 2
+
+
+def _tokens_before(text: str, following: str = ",") -> int:
+    """Tokens of `text` in the testbed tokenizer where `following` comes next (a word is whole only before a
+    space, comma or colon)."""
+    from alignloop.testbed.tokenizer import pre_tokenized
+
+    return len(pre_tokenized(text + following)) - len(pre_tokenized(following))
 
 
 @lru_cache(maxsize=64)
 def _chains(depth: int, held_out_only: bool) -> tuple[int, int]:
-    """(longest instruction in characters before the input, number of (chain, phrasing) pairs) over the chains
+    """(longest instruction in tokens before the input, number of (chain, phrasing) pairs) over the chains
     of one depth that `testbed.world` may draw: no skill twice in a row, no held-out pair, `double` only alone."""
     from alignloop.testbed.world import HELD_OUT_PAIRS, SHALLOW_ONLY, SKILLS
 
     def verbs(name: str) -> tuple[int, int]:
-        return max(len(verb) for verb in SKILLS[name].verbs), len(SKILLS[name].verbs)
+        return max(_tokens_before(" " + verb) for verb in SKILLS[name].verbs), len(SKILLS[name].verbs)
 
-    separator, colon = len(", then "), len(": ")
+    separator, colon = _tokens_before(", then"), _tokens_before(": ", "a")
     if held_out_only:
         longest = max(verbs(a)[0] + separator + verbs(b)[0] for a, b in HELD_OUT_PAIRS) + colon
         return longest, sum(verbs(a)[1] * verbs(b)[1] for a, b in HELD_OUT_PAIRS)

@@ -117,11 +117,11 @@ def test_odd_rotary_head_width_of_the_testbed_model_is_refused() -> None:
 def test_model_max_length_must_leave_room_after_the_longest_testbed_prompt() -> None:
     from alignloop.config_checks import check_runnable
 
-    short = {"model": {"max_length": 64}, "sample": {"max_new_tokens": 16}, "benchmark": {"max_new_tokens": 16}}
+    short = {"model": {"max_length": 24}, "sample": {"max_new_tokens": 8}, "benchmark": {"max_new_tokens": 8}}
     message = _not_runnable(short)
-    assert message.startswith("model.max_length: must be > 89, the testbed's longest prompt in tokens (harder: 3 "
+    assert message.startswith("model.max_length: must be > 27, the testbed's longest prompt in tokens (harder: 3 "
                               "skill(s) on inputs of up to 8 characters)"), message
-    check_runnable(parse_config(short | {"model": {"max_length": 90}}))
+    check_runnable(parse_config(short | {"model": {"max_length": 28}}))
     # a data set of your own is measured by the preflight, not here
     check_runnable(parse_config(short | {"rank": {"ranker": "reward_model", "reward_model": "rm"},
                                          "data": {"train": {"path": "p.jsonl"}, "eval": {"test": {"path": "e.jsonl"}}},
@@ -129,13 +129,13 @@ def test_model_max_length_must_leave_room_after_the_longest_testbed_prompt() -> 
 
 
 def test_commands_that_run_stages_refuse_what_cannot_run_with_one_line(tmp_path: Path) -> None:
-    _write(tmp_path, yaml.safe_dump({"model": {"max_length": 64}, "sample": {"max_new_tokens": 16},
-                                     "benchmark": {"max_new_tokens": 16}}))
+    _write(tmp_path, yaml.safe_dump({"model": {"max_length": 24}, "sample": {"max_new_tokens": 8},
+                                     "benchmark": {"max_new_tokens": 8}}))
     result = subprocess.run([ALIGNLOOP, "stage", "prepare"], cwd=tmp_path, env=env_for(tmp_path), capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("error: model.max_length: must be > 89, the testbed's longest prompt in tokens")
+    assert line.startswith("error: model.max_length: must be > 27, the testbed's longest prompt in tokens")
     assert not (tmp_path / "data").exists()
     written = subprocess.run([ALIGNLOOP, "dvc-yaml"], cwd=tmp_path, env=env_for(tmp_path), capture_output=True,
                              text=True, timeout=300)
@@ -144,22 +144,24 @@ def test_commands_that_run_stages_refuse_what_cannot_run_with_one_line(tmp_path:
 
 def test_longest_testbed_prompt_matches_the_tokenizer(tokenizer) -> None:
     from alignloop.models.generation import prompt_token_ids
-    from alignloop.testbed.world import SKILLS, Distribution, allowed_chain, phrase, sample_task
+    from alignloop.testbed.world import SKILLS, Distribution, allowed_chain, sample_task
 
-    # Brute force over every allowed chain, longest verbs, the longest input, through the real chat template.
+    # Brute force over every allowed chain and every phrasing of it, the longest input, through the real chat template.
     for depths, held_out in (((1, 2), False), ((2, 3), False)):
         longest = 0
         for depth in depths:
             for chain in itertools.product(SKILLS, repeat=depth):
                 if allowed_chain(chain, held_out_only=False):
-                    prompt = ", then ".join(max(SKILLS[s].verbs, key=len) for s in chain) + ": " + "a" * 8
-                    longest = max(longest, len(prompt_token_ids(tokenizer, prompt)))
+                    for verbs in itertools.product(*(SKILLS[s].verbs for s in chain)):
+                        prompt = ", then ".join(verbs) + ": " + "a" * 8
+                        longest = max(longest, len(prompt_token_ids(tokenizer, prompt)))
         assert longest == longest_testbed_prompt(depths, 8, held_out)
     # and no drawn prompt is longer
     rng, dist = random.Random(0), Distribution(2, 8, (0.0, 0.5, 0.5))
     bound = longest_testbed_prompt((2, 3), 8, False)
     assert max(len(prompt_token_ids(tokenizer, sample_task(dist, rng).prompt)) for _ in range(2000)) <= bound
-    assert len(prompt_token_ids(tokenizer, phrase(("reverse",), "ab", rng))) == len(phrase(("reverse",), "ab", rng)) + 2
+    # words are one token each, the input one per character: <|user|> write backwards : ␣ a b <|assistant|>
+    assert len(prompt_token_ids(tokenizer, "write backwards: ab")) == 8
 
 
 def test_more_prompts_per_iteration_than_the_pool_holds_is_refused() -> None:

@@ -18,10 +18,10 @@ def test_saved_files(tokenizer_dir):
 
 
 @pytest.mark.parametrize("text", [
-    "reverse k3fa, then uppercase",
+    "k3fa reverse",  # an instruction word not followed by a space, comma or colon stays characters
     "Hello, World! 123",
     "a  b   c",  # repeated spaces survive
-    " leading and trailing ",
+    " leading, trailing ",
     f"k3fa {CHECK}",
     f"AB12 as requested {CHECK}",
     string.printable[:95],  # every printable ASCII character
@@ -34,6 +34,28 @@ def test_round_trip(tokenizer, text):
     assert tokenizer.unk_token_id not in ids
     assert tokenizer.decode(ids) == text
     assert tokenizer.encode(text) == ids  # no BOS/EOS added behind the caller's back
+
+
+@pytest.mark.parametrize(("text", "pieces"), [
+    ("reverse, then uppercase: k3fa", ["reverse", ",", " then", " uppercase", ":", " ", "k", "3", "f", "a"]),
+    ("swap first and last: then", ["swap", " first", " and", " last", ":", " ", "t", "h", "e", "n"]),
+    ("keep the digits,double", ["keep", " the", " digits", ",", *"double"]),  # last, so characters
+])
+def test_instruction_words_are_one_token_and_inputs_one_per_character(tokenizer, text, pieces):
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert tokenizer.convert_ids_to_tokens(ids) == pieces
+    assert tokenizer.unk_token_id not in ids
+    assert tokenizer.decode(ids) == text
+
+
+def test_every_instruction_word_is_in_the_vocabulary(tokenizer):
+    from alignloop.testbed.world import SKILLS
+
+    words = {word for skill in SKILLS.values() for verb in skill.verbs for word in verb.split()} | {"then"}
+    for word in words:
+        assert tokenizer.encode(word + ":", add_special_tokens=False)[:-1] == [tokenizer.convert_tokens_to_ids(word)]
+        assert tokenizer.encode(" " + word + ",", add_special_tokens=False)[:-1] == [
+            tokenizer.convert_tokens_to_ids(" " + word)]
 
 
 def test_characters_outside_the_vocabulary_become_unk(tokenizer):
@@ -88,8 +110,8 @@ def test_assistant_mask_covers_response_and_end(tokenizer):
     conversation = [{"role": "user", "content": "sort cab"}, {"role": "assistant", "content": "abc"}]
     out = tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True,
                                         return_assistant_tokens_mask=True)
-    # <|user|> + 8 prompt characters + <|assistant|> are masked out; "abc" + <|end|> are in.
-    assert out["assistant_masks"] == [0] * 10 + [1] * 4
+    # <|user|> + "sort" + " " + "c", "a", "b" + <|assistant|> are masked out; "abc" + <|end|> are in.
+    assert out["assistant_masks"] == [0] * 7 + [1] * 4
     assert out["input_ids"][-4:] == tokenizer.encode("abc", add_special_tokens=False) + [tokenizer.eos_token_id]
 
 
@@ -103,7 +125,7 @@ def test_chat_template_generation_prompt(tokenizer):
     ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
     assert ids[0] == tokenizer.convert_tokens_to_ids(USER)
     assert ids[-1] == tokenizer.convert_tokens_to_ids(ASSISTANT)
-    assert len(ids) == len("sort cab") + 2
+    assert len(ids) == len("sort cab") + 2 - 3  # "sort" is one token
 
 
 def test_decode_skips_markers(tokenizer):
