@@ -6,7 +6,7 @@ from alignloop.models.logprobs import Tokenized, tokenize_ids
 
 
 def response_ids(tokenizer, response: str, finished: bool) -> list[int]:
-    """The ids a model writing `response` (and then stopping, when finished) produces with a character tokenizer."""
+    """The ids a model writing `response` (and then stopping, when finished) produces with this tokenizer."""
     ids = tokenizer.encode(response, add_special_tokens=False)
     return ids + [tokenizer.eos_token_id] if finished else ids
 
