@@ -31,8 +31,9 @@ from pipeline_helpers import (
 pytestmark = pytest.mark.slow
 
 CONFIGS = REPO / "configs" / "accelerate"
-# Enough prompts for a few batches of 8 pairs (both processes take 4 of each).
-PAIRS = {"sample": {"num_prompts": 96}, "optimize": {"batch_size": 8, "epochs": 2}}
+# Enough pairs for several batches of 8 (both processes take 4 of each): every prompt with two different scores
+# gives a pair, not only finished responses, which the tiny model rarely writes.
+PAIRS = {"sample": {"num_prompts": 96}, "rank": {"drop_unfinished": False}, "optimize": {"batch_size": 8, "epochs": 2}}
 # Two processes; an optimize long enough (a few seconds) to be killed in the middle.
 LAUNCHED = {"pipeline": {"launcher": "accelerate", "accelerate_config": str(CONFIGS / "cpu_ddp_2proc.yaml")},
             "optimize": {"batch_size": 2, "epochs": 300}}
@@ -71,6 +72,10 @@ def test_two_processes_follow_one(ranked, tmp_path, config, kind):
     for one_step, two_step in zip(one_log["history"], two_log["history"], strict=True):
         assert set(one_step) == set(two_step)
         for name, value in one_step.items():
+            if name == "reward_accuracy" and one_step["step"] == 0:
+                # the policy is still the reference: every margin is rounding noise, and accuracy counts its sign
+                assert abs(one_step["reward_margin"]) < 1e-4 and abs(two_step["reward_margin"]) < 1e-4
+                continue
             assert two_step[name] == pytest.approx(value, abs=1e-4), (one_step["step"], name)
 
     one_weights = load_file(ranked / "artifacts/iter-1/policy/model.safetensors")

@@ -31,8 +31,9 @@ from pipeline_helpers import (
 
 pytestmark = pytest.mark.slow
 
-# Long enough an optimize stage (a few seconds) to be killed in the middle of it.
-PARAMS = {"iterations": 2, "optimize": {"epochs": 100, "batch_size": 2}}
+# Long enough an optimize stage (a few seconds) to be killed in the middle of it: every prompt with two different
+# scores gives a pair (not only finished responses, which the tiny model rarely writes), 100 epochs of batches of 2.
+PARAMS = {"iterations": 2, "rank": {"drop_unfinished": False}, "optimize": {"epochs": 100, "batch_size": 2}}
 BEFORE_KILL = ("prepare", "sft", "benchmark-0", "sample-1", "rank-1", "optimize-1", "benchmark-1", "sample-2",
                "rank-2")
 AFTER_KILL = ("optimize-2", "benchmark-2", "report")

@@ -27,8 +27,8 @@ pytestmark = pytest.mark.slow
 PARAMS = {
     "testbed": {"label_noise": 0.2},
     "rank": {"ranker": "reward_model"},
-    # epochs: long enough a stage (seconds) to be killed inside reward training
-    "reward": {"enabled": True, "num_prompts": 120, "eval_prompts": 40, "epochs": 12, "batch_size": 16,
+    # epochs: long enough a stage (about 5 s on 2 cores for its ~30 pairs) to be killed inside reward training
+    "reward": {"enabled": True, "num_prompts": 120, "eval_prompts": 40, "epochs": 80, "batch_size": 16,
                "ensemble_size": 2, "denoising": "flip_margin", "contrastive_weight": 1.0},
 }
 
