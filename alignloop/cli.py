@@ -207,6 +207,29 @@ def fixture(out_dir: Path = typer.Argument(..., help="Directory to build it in (
         typer.echo(f"{name}: {getattr(built, name)}")
 
 
+@app.command()
+@command("init")
+def init(directory: Path = typer.Argument(..., help="The new project's directory (absent or empty)."),
+         preset: str = typer.Option("default", help="The run to start from: default (the testbed run), or a "
+                                    "file of presets/, e.g. smollm2_ifeval (a real model on your CPU) or tiny.")
+         ) -> None:
+    """Start a project: params.yaml from a preset, dvc.yaml, and a git + DVC repository with a first commit, so
+    `alignloop run`, `dvc repro`, `dvc status` and `dvc exp run -S key=value` work there from the first run."""
+    import subprocess
+
+    from alignloop.project_init import init_project
+
+    try:
+        cfg = init_project(directory, preset)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    except subprocess.CalledProcessError as exc:
+        reason = (exc.stderr or "").strip().splitlines()
+        fail(f"init: `{' '.join(map(str, exc.cmd))}` failed ({reason[-1] if reason else f'exit {exc.returncode}'})", 1)
+    typer.echo(f"{directory}: params.yaml (preset {preset}, {cfg.iterations} iterations), dvc.yaml, git + DVC; "
+               f"run it with `cd {directory} && alignloop run`")
+
+
 @app.command("dvc-yaml")
 @command("dvc-yaml")
 def dvc_yaml(params: Path = PARAMS_OPTION,

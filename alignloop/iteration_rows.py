@@ -13,8 +13,13 @@ from alignloop.paths import Layout, eval_split_names
 
 def table_columns(cfg: Config) -> tuple[str, ...]:
     """The headline metrics: the first evaluation set's greedy and sampled scores, every other set's greedy score,
-    the first set's sampled entropy, and the overall win rate against SFT, raw and length-controlled."""
+    the first set's sampled entropy, and the overall win rate against SFT, raw and length-controlled; with the
+    verifier, the accuracies of data.sharegpt's sets, retention and length."""
     first, *others = eval_split_names(cfg)
+    if cfg.rank.ranker == "verifier":  # IFEval's prompt-level accuracy, retention and length (docs/real_model.md)
+        return ("in_distribution/prompt_strict", "in_distribution/instruction_strict", "unseen_types/prompt_strict",
+                "unseen_types/prompt_loose", "no_constraint/greedy_length", "retention_relative_change",
+                "in_distribution/kl_to_sft")
     judge = JUDGE_NAMES[cfg.rank.ranker]
     return (f"{first}/greedy_{judge}", f"{first}/sampled_{judge}", *(f"{s}/greedy_{judge}" for s in others),
             f"{first}/sampled_entropy", "win_rate_vs_sft", "lc_win_rate_vs_sft")
@@ -57,6 +62,7 @@ def iteration_rows(cfg: Config, layout: Layout) -> list[dict[str, Any]]:
 
 def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     header = ["iter", *(column.replace("in_distribution", "in_dist").replace("unseen_composition", "unseen")
+                        .replace("instruction_", "instr_").replace("retention_relative_change", "retention")
                         for column in columns)]
     lines = [" | ".join(header)]
     for row in rows:

@@ -1,7 +1,9 @@
-"""Where a run's models live: the testbed's base model, a local directory, or a hub id resolved once.
+"""Where a run's models live: the testbed's base model, a local directory, a GGUF file, or a hub id resolved once.
 
 A hub id is downloaded by `prepare` only (into the Hugging Face cache) and recorded in `data/model.json`; every later
-stage reads the recorded directory, so a run never depends on the network after `prepare`. With `sft.enabled: false`
+stage reads the recorded directory, so a run never depends on the network after `prepare`. A GGUF
+`model.name_or_path` (a path or `package:<module>/<file>.gguf`) is converted by `prepare` into `data/base_model/`,
+where the testbed's untrained model goes too (alignloop/models/gguf.py). With `sft.enabled: false`
 the base model itself is policy 0, used in place (never copied or converted).
 """
 
@@ -11,7 +13,9 @@ from pathlib import Path
 
 from alignloop.config import Config, ConfigError
 from alignloop.io import read_json
+from alignloop.models.gguf import is_gguf
 from alignloop.paths import Layout
+from alignloop.resources import is_package_resource
 
 # What a policy or reward model needs from a hub repository (no pickled weights, no other formats).
 MODEL_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken")
@@ -22,7 +26,10 @@ class ModelSourceError(ConfigError):
 
 
 def is_local(name_or_path: str, root: Path) -> bool:
-    """A path (absolute, relative, or existing) rather than a hub id like `org/name`."""
+    """A path (absolute, relative, or existing), a GGUF file or a `package:` file, rather than a hub id like
+    `org/name`."""
+    if is_gguf(name_or_path) or is_package_resource(name_or_path):
+        return True
     path = Path(name_or_path)
     return (path.is_absolute() or name_or_path.startswith((".", "~")) or (root / path).exists()
             or (root / path.parts[0]).is_dir() or name_or_path.count("/") != 1)
@@ -30,6 +37,9 @@ def is_local(name_or_path: str, root: Path) -> bool:
 
 def local_model_dir(name_or_path: str, root: Path, key: str) -> Path:
     """An existing model directory (config.json inside), resolved against the project root."""
+    if is_gguf(name_or_path):  # model.name_or_path's GGUF never comes here: prepare converts it to data/base_model
+        raise ModelSourceError(f"{key}: {name_or_path}: a GGUF file is read as model.name_or_path only; give a "
+                               "model directory or a hub id")
     path = Path(name_or_path)
     path = (path if path.is_absolute() else root / path).resolve()
     if not path.is_dir():
@@ -101,17 +111,33 @@ def model_deps(name_or_path: str, key: str, layout: Layout) -> list[Path]:
     return [path if path.is_absolute() else layout.root / path]
 
 
+def uses_base_model_dir(cfg: Config) -> bool:
+    """prepare writes the base model to `data/base_model/`: the testbed's untrained model, or a converted GGUF."""
+    return cfg.model.name_or_path == "testbed" or is_gguf(cfg.model.name_or_path)
+
+
 def base_model_dir(cfg: Config, layout: Layout) -> Path:
     """The model SFT starts from (and policy 0 without SFT)."""
-    if cfg.model.name_or_path == "testbed":
+    if uses_base_model_dir(cfg):
         return layout.base_model
     return model_dir(cfg.model.name_or_path, "model.name_or_path", layout)
 
 
 def base_model_deps(cfg: Config, layout: Layout) -> list[Path]:
-    if cfg.model.name_or_path == "testbed":
+    if uses_base_model_dir(cfg):
         return [layout.base_model]
     return model_deps(cfg.model.name_or_path, "model.name_or_path", layout)
+
+
+def gguf_source_deps(cfg: Config, layout: Layout) -> list[Path]:
+    """The GGUF file prepare converts, when it is a path (relative to the project when given so, which keeps dvc.yaml
+    portable). A `package:` file is left out: its path is the machine's site-packages, which would make dvc.yaml
+    differ per machine; its spec is in the params prepare reads, and its sha256 in data/model.json."""
+    name = cfg.model.name_or_path
+    if not is_gguf(name) or is_package_resource(name):
+        return []
+    path = Path(name).expanduser()
+    return [path if path.is_absolute() else layout.root / path]
 
 
 def trains_ranker(cfg: Config) -> bool:
@@ -120,9 +146,9 @@ def trains_ranker(cfg: Config) -> bool:
 
 
 def ranker_model(cfg: Config) -> tuple[str, str] | None:
-    """(params key, directory or hub id) of the ranker's model given in params; None for the gold scorer and for
-    the reward model the run trains."""
-    if cfg.rank.ranker == "gold" or trains_ranker(cfg):
+    """(params key, directory or hub id) of the ranker's model given in params; None for the rankers without a
+    model (gold, verifier) and for the reward model the run trains."""
+    if cfg.rank.ranker in ("gold", "verifier") or trains_ranker(cfg):
         return None
     key = f"rank.{cfg.rank.ranker}"
     return key, getattr(cfg.rank, cfg.rank.ranker)

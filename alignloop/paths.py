@@ -15,6 +15,10 @@ EVAL_SPLITS = ("in_distribution", "harder", "unseen_composition")  # the testbed
 
 def eval_split_names(cfg: Config) -> tuple[str, ...]:
     """The evaluation sets of a run: the testbed's splits, or the names under `data.eval`."""
+    if cfg.data.is_verifiable:
+        from alignloop.config_data import VERIFIABLE_EVAL_SETS
+
+        return VERIFIABLE_EVAL_SETS
     return EVAL_SPLITS if cfg.data.is_testbed else tuple(cfg.data.eval)
 
 
@@ -44,6 +48,11 @@ class Layout:
     def preferences(self) -> Path:
         """`reward.data`'s pairs as prepare read them (prompt, chosen, rejected, split)."""
         return self.data / "preferences.jsonl"
+
+    @property
+    def reference_answers(self) -> Path:
+        """Held-out prompts with a reference answer (ShareGPT's), whose likelihood under each policy is retention."""
+        return self.data / "reference_answers.jsonl"
 
     @property
     def base_model(self) -> Path:

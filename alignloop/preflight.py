@@ -15,10 +15,14 @@ from pathlib import Path
 
 from alignloop.config import Config, ConfigError
 from alignloop.model_source import is_local, local_model_dir, ranker_model
+from alignloop.models.gguf import check_gguf, is_gguf
 
 
 def check_policy(cfg: Config, root: Path) -> None:
     name = cfg.model.name_or_path
+    if is_gguf(name):  # the file is there and transformers reads its architecture; prepare converts it
+        check_gguf(name, root)
+        return
     if name == "testbed" or not is_local(name, root):
         return
     path = local_model_dir(name, root, "model.name_or_path")

@@ -68,19 +68,50 @@ def _scores_tables(cfg: Config, rows: list[dict]) -> str:
     """Per evaluation set, one row per iteration; scores show their change against SFT (iteration 0)."""
     judge = JUDGE_NAMES[cfg.rank.ranker]
     columns = [f"greedy_{judge}", f"sampled_{judge}", *(["greedy_gold", "sampled_gold"] if judge != "gold" else []),
-               "greedy_exact_match", "win_rate_vs_sft", "lc_win_rate_vs_sft", "greedy_length", "kl_to_sft",
-               "sampled_entropy"]
+               *(f"{level}_{mode}" for level in ("prompt", "instruction") for mode in ("strict", "loose")),
+               "sampled_prompt_strict", "greedy_exact_match", "win_rate_vs_sft", "lc_win_rate_vs_sft", "greedy_length",
+               "kl_to_sft", "sampled_entropy"]
     parts = []
     for split in eval_splits(rows):
         present = [c for c in columns if f"{split}/{c}" in rows[0]["metrics"]]
         base = rows[0]["metrics"]
         body = [[("SFT (0)" if row["iteration"] == 0 else str(row["iteration"])),
                  *(_with_delta(row["metrics"].get(f"{split}/{c}"), base.get(f"{split}/{c}"))
-                   if row["iteration"] and c.startswith(("greedy_", "sampled_")) and "length" not in c
-                   and "entropy" not in c else _number(row["metrics"].get(f"{split}/{c}")) for c in present)]
+                   if row["iteration"] and c.startswith(("greedy_", "sampled_", "prompt_", "instruction_"))
+                   and "length" not in c and "entropy" not in c else _number(row["metrics"].get(f"{split}/{c}"))
+                   for c in present)]
                 for row in rows]
         parts.append(f"<h3>{html.escape(split)}</h3>" + _table(["iteration", *present], body))
     return "".join(parts)
+
+
+def _retention_table(rows: list[dict]) -> str:
+    """Mean per-token log-likelihood of held-out reference answers, against the starting policy's."""
+    keys = ("retention_logprob_per_token", "retention_start_logprob_per_token", "retention_relative_change")
+    if keys[0] not in rows[0]["metrics"]:
+        return ""
+    body = [[str(row["iteration"]), *(_number(row["metrics"].get(key)) for key in keys)] for row in rows]
+    return ("<h3>Retention</h3>" + _table(["iteration", "log-likelihood per token", "at the start",
+                                           "relative change"], body))
+
+
+def _constraint_table(cfg: Config, layout: Layout) -> str:
+    """Greedy strict accuracy per constraint type and evaluation set, at the start and after the last iteration."""
+    if cfg.rank.ranker != "verifier":
+        return ""
+    from alignloop.io import read_jsonl
+    from alignloop.verification_metrics import accuracy_by_type
+
+    first, last = read_jsonl(layout.benchmark_outputs(0)), read_jsonl(layout.benchmark_outputs(cfg.iterations))
+    body = []
+    for split in dict.fromkeys(row["split"] for row in first):
+        start = accuracy_by_type([row for row in first if row["split"] == split])
+        end = accuracy_by_type([row for row in last if row["split"] == split])
+        body += [[html.escape(split), html.escape(kind), str(total), _number(followed / total),
+                  _with_delta(end.get(kind, (0, 1))[0] / max(1, end.get(kind, (0, 1))[1]), followed / total)]
+                 for kind, (followed, total) in start.items()]
+    return ("<h3>Constraint types</h3>" + _table(
+        ["set", "constraint", "prompts", "start", f"iteration {cfg.iterations}"], body)) if body else ""
 
 
 def _win_table(rows: list[dict]) -> str:
@@ -134,7 +165,8 @@ def _facts(cfg: Config, layout: Layout, summary: dict[str, Any] | None) -> str:
 
 def render_report_html(cfg: Config, layout: Layout, summary: dict[str, Any] | None = None) -> str:
     rows = iteration_rows(cfg, layout)
-    tables = {"scores": _scores_tables(cfg, rows), "win_rate": _win_table(rows),
+    tables = {"scores": _scores_tables(cfg, rows) + _retention_table(rows) + _constraint_table(cfg, layout),
+              "win_rate": _win_table(rows),
               "training": _stat_table(rows, "train"), "ranking": _stat_table(rows, "rank"),
               "eva": _stat_table(rows, "evolve"), "copo": _stat_table(rows, "cfn"),
               "reward_model": _reward_table(layout) if layout.reward_stats.is_file() else ""}

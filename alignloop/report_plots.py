@@ -49,7 +49,8 @@ def _finish(figure: Figure, axes: list, xlabel: str = "iteration") -> Figure:
 
 def scores_figure(cfg: Config, rows: Rows) -> Figure:
     """Greedy and sampled scores per evaluation set by iteration; the dotted line is SFT's greedy score."""
-    judge, splits, x = JUDGE_NAMES[cfg.rank.ranker], eval_splits(rows), _iterations(rows)
+    judge, x = JUDGE_NAMES[cfg.rank.ranker], _iterations(rows)
+    splits = [split for split in eval_splits(rows) if f"{split}/greedy_{judge}" in rows[0]["metrics"]]  # scored sets
     figure, axes = _grid(len(splits))
     for axis, split in zip(axes, splits):
         for mode, style in (("greedy", "-o"), ("sampled", "-s")):
@@ -66,7 +67,8 @@ def win_rate_figure(rows: Rows) -> Figure:
     """Win rate against SFT's greedy answers, raw (solid) and length-controlled (dashed), per evaluation set."""
     figure, axes = _grid(1, width=6)
     x = _iterations(rows)
-    for index, split in enumerate(["", *eval_splits(rows)]):
+    scored = [split for split in eval_splits(rows) if f"{split}/win_rate_vs_sft" in rows[0]["metrics"]]
+    for index, split in enumerate(["", *scored]):
         prefix, color = (f"{split}/" if split else ""), f"C{index}"
         axis_label = split or "all sets"
         axes[0].plot(x, _series(rows, f"{prefix}win_rate_vs_sft"), "-o", color=color, label=f"{axis_label} raw")

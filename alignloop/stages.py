@@ -14,7 +14,7 @@ from typing import Callable
 
 from alignloop.code_graph import code_files
 from alignloop.config import Config
-from alignloop.model_source import base_model_deps, policy_deps, ranker_deps, reward_init_deps
+from alignloop.model_source import base_model_deps, gguf_source_deps, policy_deps, ranker_deps, reward_init_deps
 from alignloop.paths import Layout, eval_split_names
 
 
@@ -139,7 +139,9 @@ def _reward_deps(layout: Layout, cfg: Config, i: int) -> list[Path]:
 
 
 def _eval_sets(layout: Layout, cfg: Config) -> list[Path]:
-    return [layout.eval_prompts(split) for split in eval_split_names(cfg)]
+    """The evaluation prompts (and, with data.sharegpt, the reference answers retention is measured on)."""
+    return [layout.eval_prompts(split) for split in eval_split_names(cfg)] + (
+        [layout.reference_answers] if cfg.data.is_verifiable else [])
 
 
 def _benchmark_outs(layout: Layout, cfg: Config, i: int) -> list[Path]:
@@ -160,8 +162,8 @@ def _report_deps(layout: Layout, cfg: Config, i: int) -> list[Path]:
 
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
-    Stage("prepare", _prepare, _prepare_params,
-          deps=lambda layout, cfg, i: [],
+    Stage("prepare", _prepare, _prepare_params,  # a GGUF model's file, unless inside a package (machine-specific path)
+          deps=lambda layout, cfg, i: gguf_source_deps(cfg, layout),
           outs=lambda layout, cfg, i: [layout.data], per_iteration=False),
     Stage("sft", _sft, ("seed", "model", "sft"),
           deps=lambda layout, cfg, i: [layout.sft_data, *base_model_deps(cfg, layout)],

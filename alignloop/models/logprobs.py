@@ -96,3 +96,21 @@ def mean_token_entropy(logits: torch.Tensor, response_mask: torch.Tensor) -> tor
     entropy = -(log_probs.exp() * log_probs).sum(-1)
     mask = response_mask[:, 1:]
     return (entropy * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+@torch.no_grad()
+def text_logprob_per_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[tuple[str, str]],
+                           max_length: int, batch_size: int) -> float:
+    """Σ log π(answer | chat-formatted prompt) over every row's answer tokens, divided by their number: the mean
+    per-token log-likelihood of reference text (answers cut to fit `max_length`). Batched by length."""
+    answers = [tokenizer(answer, add_special_tokens=False)["input_ids"] for _, answer in rows]
+    sequences = tokenize_ids(tokenizer, [(prompt, ids) for (prompt, _), ids in zip(rows, answers)], max_length,
+                             cut=True)
+    sequences = sorted((s for s in sequences if s.response_ids), key=lambda s: len(s.prompt_ids) + len(s.response_ids))
+    total, count = 0.0, 0
+    for start in range(0, len(sequences), batch_size):
+        batch = to_device(collate(sequences[start:start + batch_size], tokenizer.pad_token_id), model_device(model))
+        sums, counts = sequence_logps(model, batch)
+        total += sums.double().sum().item()
+        count += int(counts.sum().item())
+    return total / count if count else float("nan")

@@ -25,12 +25,20 @@ from alignloop.io import atomic_path, read_jsonl, write_json, write_jsonl
 from alignloop.methods.length_control import length_controlled_win_rate
 from alignloop.model_source import policy_dir, ranker_model_dir
 from alignloop.models.generation import Generation, derive_seed, generate
-from alignloop.models.logprobs import collate, mean_token_entropy, to_device, token_logps, tokenize_ids
+from alignloop.models.logprobs import (
+    collate,
+    mean_token_entropy,
+    text_logprob_per_token,
+    to_device,
+    token_logps,
+    tokenize_ids,
+)
 from alignloop.models.losses import sequence_sum
 from alignloop.models.policy import load_policy
 from alignloop.models.rankers import build_ranker
 from alignloop.paths import Layout, eval_split_names
 from alignloop.testbed.scorer import exact_match, gold_score
+from alignloop.verification_metrics import followed_fraction, verification_metrics
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +154,13 @@ def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
                                         [a for a, gens in zip(anchors, sampled) for _ in gens]))
             sampled_scores = [[next(margins) for _ in gens] for gens in sampled]
             baseline_scores = [0.0] * len(rows)  # the SFT response against itself
+        elif judge.name == "verifier":  # the checkers' verdicts: scores, and IFEval's accuracies
+            greedy_checks = [checks[0] for checks in judge.check(rows, [[gens[0].text] for gens in greedy])]
+            sampled_checks = judge.check(rows, [[g.text for g in gens] for gens in sampled])
+            greedy_scores = [followed_fraction(checks) for checks in greedy_checks]
+            sampled_scores = [[followed_fraction(checks) for checks in per] for per in sampled_checks]
+            baseline_scores = [baseline.get((split, pid), score) for pid, score in zip(ids, greedy_scores)]
+            metrics |= verification_metrics(split, greedy_checks, sampled_checks)
         else:
             greedy_scores = [scores[0] for scores in judge.score(rows, [[gens[0].text] for gens in greedy])]
             sampled_scores = judge.score(rows, [[g.text for g in gens] for gens in sampled])
@@ -154,12 +169,17 @@ def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
         sft_lengths = [baseline_lengths.get((split, pid), n) for pid, n in zip(ids, lengths)]
         entropy, kl = sample_statistics(model, reference, tokenizer, flat_prompts, flat_samples,
                                         cfg.model.max_length, bench.batch_size)
+        # A set the judge cannot score (the verifier on prompts without constraints) has no score metrics.
+        scored = not all(math.isnan(score) for score in greedy_scores)
+        if scored:
+            metrics |= {
+                f"{split}/greedy_{judge.name}": mean(greedy_scores),
+                f"{split}/sampled_{judge.name}": mean(s for scores in sampled_scores for s in scores),
+                f"{split}/win_rate_vs_sft": win_rate(greedy_scores, baseline_scores),
+                f"{split}/lc_win_rate_vs_sft": length_controlled_win_rate(outcomes(greedy_scores, baseline_scores),
+                                                                          lengths, sft_lengths),
+            }
         metrics |= {
-            f"{split}/greedy_{judge.name}": mean(greedy_scores),
-            f"{split}/sampled_{judge.name}": mean(s for scores in sampled_scores for s in scores),
-            f"{split}/win_rate_vs_sft": win_rate(greedy_scores, baseline_scores),
-            f"{split}/lc_win_rate_vs_sft": length_controlled_win_rate(outcomes(greedy_scores, baseline_scores),
-                                                                      lengths, sft_lengths),
             f"{split}/greedy_length": mean(g[0].num_tokens for g in greedy),
             f"{split}/sampled_length": mean(g.num_tokens for g in flat_samples),
             f"{split}/sampled_entropy": entropy,
@@ -174,16 +194,22 @@ def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
                                                           for r, g in zip(rows, greedy))
             metrics[f"{split}/sampled_exact_match"] = mean(exact_match(r["answer"], g.text)
                                                            for r, gens in zip(rows, sampled) for g in gens)
-        all_scores += greedy_scores
-        all_baseline += baseline_scores
-        all_lengths += lengths
-        all_baseline_lengths += sft_lengths
+        if scored:
+            all_scores += greedy_scores
+            all_baseline += baseline_scores
+            all_lengths += lengths
+            all_baseline_lengths += sft_lengths
         outputs += [{"split": split, "prompt_id": pid, "prompt": row["prompt"], **_answer(row),
-                     "greedy": gens[0].text, "greedy_score": score, "greedy_tokens": gens[0].num_tokens,
-                     "sampled": [g.text for g in samples], "sampled_scores": s_scores}
-                    for pid, row, gens, score, samples, s_scores
-                    in zip(ids, rows, greedy, greedy_scores, sampled, sampled_scores)]
+                     "greedy": gens[0].text, "greedy_score": _finite(score), "greedy_tokens": gens[0].num_tokens,
+                     "sampled": [g.text for g in samples], "sampled_scores": [_finite(s) for s in s_scores],
+                     **({"instruction_id_list": row["instruction_id_list"],
+                         "greedy_checks": [list(check) for check in greedy_checks[k]]} if judge.name == "verifier"
+                        else {})}
+                    for k, (pid, row, gens, score, samples, s_scores)
+                    in enumerate(zip(ids, rows, greedy, greedy_scores, sampled, sampled_scores))]
         exports[split] = alpaca_eval_rows(rows, greedy, f"alignloop-iter-{iteration}", split)
+    if cfg.data.is_verifiable:  # does the policy still speak like the model it started from?
+        metrics |= retention_metrics(cfg, layout, model, reference, tokenizer)
     metrics["win_rate_vs_sft"] = win_rate(all_scores, all_baseline)
     metrics["lc_win_rate_vs_sft"] = length_controlled_win_rate(outcomes(all_scores, all_baseline), all_lengths,
                                                                all_baseline_lengths)
@@ -204,3 +230,21 @@ def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
 
 def _answer(row: dict) -> dict:
     return {"answer": row["answer"]} if "answer" in row else {}
+
+
+def _finite(score: float) -> float | None:
+    """JSON has no NaN: an unscored response (no constraint to check) is null."""
+    return None if math.isnan(score) else score
+
+
+def retention_metrics(cfg: Config, layout: Layout, model, reference, tokenizer) -> dict[str, float]:
+    """The mean per-token log-likelihood of held-out reference answers under the policy and under policy 0, and the
+    relative change: (policy − policy 0) / |policy 0|, negative when the policy forgot how people are answered."""
+    rows = [(row["prompt"], row["answer"]) for row in read_jsonl(layout.reference_answers)]
+    if not rows:
+        return {}
+    policy = text_logprob_per_token(model, tokenizer, rows, cfg.model.max_length, cfg.benchmark.batch_size)
+    start = policy if reference is None else text_logprob_per_token(reference, tokenizer, rows, cfg.model.max_length,
+                                                                     cfg.benchmark.batch_size)
+    return {"retention_logprob_per_token": policy, "retention_start_logprob_per_token": start,
+            "retention_relative_change": (policy - start) / abs(start)}
