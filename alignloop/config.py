@@ -130,10 +130,13 @@ class SampleConfig(Section):
     max_new_tokens: int = Field(24, ge=1)
     batch_size: int = Field(256, ge=1)
     """Prompts per generate call (each expanded to N sequences; the hf backend)."""
-    backend: Literal["hf", "vllm"] = "hf"
-    """`hf`: Hugging Face generate in the pipeline's process. `vllm`: a vLLM engine on the saved policy, in vLLM's
-    own environment (scripts/setup_vllm.sh; settings under `vllm`). Both sample from the same chat-formatted prompt
-    tokens with the same stop tokens; sampled responses differ between the two (different random streams)."""
+    backend: Literal["hf", "native", "vllm"] = "hf"
+    """`hf`: Hugging Face generate in the pipeline's process. `native`: alignloop's own decode loop on the same
+    model in the same process (alignloop/models/decoding.py: each prompt read once for its N samples, finished
+    responses leave the batch, nucleus sampling without sorting the vocabulary; docs/performance.md measures it).
+    `vllm`: a vLLM engine on the saved policy, in vLLM's own environment
+    (scripts/setup_vllm.sh; settings under `vllm`). All sample from the same chat-formatted prompt tokens with the
+    same stop tokens and give the same greedy responses; sampled responses differ (different random streams)."""
 
 
 # The name each ranker gives the benchmark's score metrics (greedy_<name>, sampled_<name>).
@@ -235,7 +238,7 @@ class BenchmarkConfig(Section):
     alpaca_eval: bool = True
     """Also write each evaluation set's greedy responses in AlpacaEval's format (instruction, output, generator,
     dataset) for external evaluators."""
-    backend: Literal["hf", "vllm"] = "hf"
+    backend: Literal["hf", "native", "vllm"] = "hf"
     """How the benchmark generates its greedy and sampled responses (as `sample.backend`; scoring stays in the
     pipeline's process)."""
 

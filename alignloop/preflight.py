@@ -89,6 +89,12 @@ def check_prompt_files(cfg: Config, root: Path) -> None:
     by filtering), unless prepare already ran with these params and files: a resumed run does not read them again."""
     if cfg.data.is_testbed:
         return
+    if cfg.data.is_verifiable:  # the file and its filters; counting tokens (most of prepare's time) is prepare's
+        if not _prepare_is_fresh(cfg, root):
+            from alignloop.verifiable_data import sharegpt_candidates
+
+            sharegpt_candidates(cfg.data.sharegpt, root)
+        return
     sets = [cfg.data.train, cfg.data.sft, *cfg.data.eval.values()]
     hub_model = cfg.model.name_or_path != "testbed" and not is_local(cfg.model.name_or_path, root)
     if hub_model or not all(spec is None or _is_local_file(spec.path, root) for spec in sets):

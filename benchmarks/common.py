@@ -40,6 +40,11 @@ def run_pipeline(workdir: Path, params: dict) -> tuple[dict, float]:
     return json.loads((workdir / "reports" / "summary.json").read_text()), time.perf_counter() - start
 
 
-def mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {std:.3f}"
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds (sd 0 for a single seed)."""
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def mean_std(values: list[float], digits: int = 3) -> str:
+    mean, std = mean_sd(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"

@@ -78,9 +78,11 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
              num_samples: int = 1, greedy: bool = False, temperature: float = 1.0, top_p: float = 1.0,
              max_new_tokens: int = 32, batch_size: int = 256, seed: int = 0, prompt_ids: list[str] | None = None,
              max_length: int | None = None, description: str = "sampling",
-             kv_cache: str = "static") -> list[list[Generation]]:
+             kv_cache: str = "static", engine: str = "hf") -> list[list[Generation]]:
     """`num_samples` responses for each prompt, in prompt order; prompt + response stay within `max_length`.
-    `kv_cache` is `model.kv_cache`: a static cache is allocated once per batch instead of copied at every token."""
+    `kv_cache` is `model.kv_cache`: a static cache is allocated once per batch instead of copied at every token.
+    `engine` is `hf` (transformers' generate) or `native` (alignloop/models/decoding.py: each prompt read once,
+    finished sequences leave the batch, nucleus sampling without sorting the vocabulary)."""
     model.eval()
     encoded = [prompt_token_ids(tokenizer, prompt) for prompt in prompts]
     max_positions = max_positions_of(model, max_length)
@@ -98,19 +100,33 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
             input_ids[row, width - len(encoded[index]):] = torch.tensor(encoded[index])
             attention_mask[row, width - len(encoded[index]):] = 1
         batch_seed = -1 if greedy else derive_seed(seed, batch_index)
+        new_positions = min(max_new_tokens, max_positions - width)
+        if engine == "native":
+            from alignloop.models.decoding import decode
+
+            rows = decode(model, input_ids.to(model.device), attention_mask.to(model.device),
+                          num_samples=num_samples, greedy=greedy, temperature=temperature, top_p=top_p,
+                          max_new_tokens=new_positions, stop_ids=stop_ids, seed=max(batch_seed, 0))
+            _collect(results, batch, rows, 1 if greedy else num_samples, stop_ids, tokenizer, batch_seed)
+            continue
         if not greedy:
             torch.manual_seed(batch_seed)
         output = model.generate(
             input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
             do_sample=not greedy, temperature=None if greedy else temperature, top_p=None if greedy else top_p,
             top_k=None, num_return_sequences=1 if greedy else num_samples,
-            max_new_tokens=min(max_new_tokens, max_positions - width), pad_token_id=pad_id, eos_token_id=stop_ids,
+            max_new_tokens=new_positions, pad_token_id=pad_id, eos_token_id=stop_ids,
             cache_implementation="static" if kv_cache == "static" else None,
         )
-        new_tokens = output[:, width:].tolist()
-        for seq_index, tokens in enumerate(new_tokens):
-            index = batch[seq_index // (1 if greedy else num_samples)]
-            tokens, finished = cut_at_stop(tokens, set(stop_ids))
-            text = tokenizer.decode(tokens, skip_special_tokens=True)
-            results[index].append(Generation(text, tuple(tokens), finished, batch_seed))
+        _collect(results, batch, output[:, width:].tolist(), 1 if greedy else num_samples, stop_ids, tokenizer,
+                 batch_seed)
     return results
+
+
+def _collect(results: list[list[Generation]], batch: list[int], rows: list[list[int]], per_prompt: int,
+             stop_ids: list[int], tokenizer: PreTrainedTokenizerBase, seed: int) -> None:
+    """Each batch row's new tokens, cut after the first stop token, as a Generation of its prompt."""
+    for seq_index, tokens in enumerate(rows):
+        tokens, finished = cut_at_stop(tokens, set(stop_ids))
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        results[batch[seq_index // per_prompt]].append(Generation(text, tuple(tokens), finished, seed))

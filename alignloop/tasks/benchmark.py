@@ -114,12 +114,12 @@ def hf_generations(cfg: Config, model, tokenizer, split: str, prompts: list[str]
     bench = cfg.benchmark
     greedy = generate(model, tokenizer, prompts, greedy=True, max_new_tokens=bench.max_new_tokens,
                       batch_size=bench.batch_size, prompt_ids=ids, max_length=cfg.model.max_length,
-                      description=f"benchmark {split} greedy", kv_cache=cfg.model.kv_cache)
+                      description=f"benchmark {split} greedy", kv_cache=cfg.model.kv_cache, engine=bench.backend)
     sampled = generate(model, tokenizer, prompts, num_samples=bench.num_samples,
                        temperature=bench.sampled_temperature, max_new_tokens=bench.max_new_tokens,
                        batch_size=bench.batch_size, seed=derive_seed(cfg.seed, "benchmark", split),
                        prompt_ids=ids, max_length=cfg.model.max_length, description=f"benchmark {split} sampled",
-                       kv_cache=cfg.model.kv_cache)
+                       kv_cache=cfg.model.kv_cache, engine=bench.backend)
     return greedy, sampled
 
 

@@ -49,7 +49,7 @@ def generate_samples(cfg: Config, layout: Layout, source: Path, prompts: list[di
     return generate(model, tokenizer, texts, num_samples=cfg.sample.num_samples, temperature=cfg.sample.temperature,
                     top_p=cfg.sample.top_p, max_new_tokens=cfg.sample.max_new_tokens,
                     batch_size=cfg.sample.batch_size, seed=seed, prompt_ids=ids, max_length=cfg.model.max_length,
-                    description=description, kv_cache=cfg.model.kv_cache)
+                    description=description, kv_cache=cfg.model.kv_cache, engine=cfg.sample.backend)
 
 
 def run_sample(cfg: Config, layout: Layout, iteration: int) -> None:
