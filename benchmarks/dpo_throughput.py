@@ -6,6 +6,8 @@ in one process, `--repeats` times each, and the ratio of medians is reported (ab
 noisy; the ratio is the figure).
 
     python benchmarks/dpo_throughput.py --pairs 512 --batch-size 32 --repeats 3
+    python benchmarks/dpo_throughput.py --policy DIR --pairs-file artifacts/iter-1/pairs.jsonl --max-length 320 \
+        --batch-size 8 --micro-batch-size 4      # a real model on a run's own pairs (e.g. SmolLM2's)
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def make_pairs(count: int, seed: int, tokenizer) -> list[dict]:
     return pairs
 
 
-def run_ours(root: Path, sft_dir: Path, pairs: list[dict], batch_size: int, epochs: float) -> float:
+def run_ours(root: Path, sft_dir: Path, pairs: list[dict], batch_size: int, epochs: float, max_length: int = 96,
+             micro_batch_size: int | None = None) -> float:
     from alignloop.config import Config
     from alignloop.io import write_jsonl
     from alignloop.paths import Layout
@@ -52,13 +55,16 @@ def run_ours(root: Path, sft_dir: Path, pairs: list[dict], batch_size: int, epoc
         layout.policy(0).parent.mkdir(parents=True, exist_ok=True)
         layout.policy(0).symlink_to(sft_dir, target_is_directory=True)
     write_jsonl(layout.pairs(1), pairs)
-    cfg = Config.model_validate({"optimize": {"batch_size": batch_size, "epochs": epochs, "nll_weight": 0.0}})
+    cfg = Config.model_validate({"model": {"max_length": max_length},
+                                 "optimize": {"batch_size": batch_size, "epochs": epochs, "nll_weight": 0.0,
+                                              "micro_batch_size": micro_batch_size}})
     start = time.perf_counter()
     run_optimize(cfg, layout, 1)
     return time.perf_counter() - start
 
 
-def run_trl(root: Path, sft_dir: Path, pairs: list[dict], batch_size: int, epochs: float) -> float:
+def run_trl(root: Path, sft_dir: Path, pairs: list[dict], batch_size: int, epochs: float, max_length: int = 96,
+            micro_batch_size: int | None = None) -> float:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -72,9 +78,11 @@ def run_trl(root: Path, sft_dir: Path, pairs: list[dict], batch_size: int, epoch
         "prompt": [[{"role": "user", "content": p["prompt"]}] for p in pairs],
         "chosen": [[{"role": "assistant", "content": p["chosen"]}] for p in pairs],
         "rejected": [[{"role": "assistant", "content": p["rejected"]}] for p in pairs]})
-    args = DPOConfig(output_dir=str(root / "trl"), per_device_train_batch_size=batch_size, num_train_epochs=epochs,
+    micro = micro_batch_size or batch_size
+    args = DPOConfig(output_dir=str(root / "trl"), per_device_train_batch_size=micro,
+                     gradient_accumulation_steps=batch_size // micro, num_train_epochs=epochs,
                      learning_rate=3e-4, beta=0.1, loss_type=["sigmoid"], precompute_ref_log_probs=True,
-                     max_length=96, bf16=False, fp16=False, activation_checkpointing=False, use_cpu=True,
+                     max_length=max_length, bf16=False, fp16=False, activation_checkpointing=False, use_cpu=True,
                      report_to="none", save_strategy="no", logging_steps=10_000, disable_tqdm=True,
                      dataloader_num_workers=0, lr_scheduler_type="cosine",
                      warmup_steps=0.1)  # a fraction: transformers 5
@@ -91,30 +99,39 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--micro-batch-size", type=int, help="pairs per forward/backward (both trainers accumulate)")
+    parser.add_argument("--policy", type=Path, help="a saved policy (default: a testbed model)")
+    parser.add_argument("--pairs-file", type=Path, help="a run's pairs.jsonl (default: made-up testbed pairs)")
+    parser.add_argument("--max-length", type=int, default=96, help="prompt + response tokens (model.max_length)")
     parser.add_argument("--out", type=Path, default=Path("reports/dpo_throughput.json"))
     args = parser.parse_args()
 
     from alignloop.config import ModelConfig
+    from alignloop.io import read_jsonl
     from alignloop.models.policy import load_tokenizer
     from alignloop.testbed.model import create_base_model
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        sft_dir = create_base_model(ModelConfig(), 0, root / "sft")
-        pairs = make_pairs(args.pairs, 0, load_tokenizer(sft_dir, ModelConfig()))
+        sft_dir = args.policy or create_base_model(ModelConfig(), 0, root / "sft")
+        pairs = (read_jsonl(args.pairs_file)[:args.pairs] if args.pairs_file
+                 else make_pairs(args.pairs, 0, load_tokenizer(sft_dir, ModelConfig())))
+        sizes = (args.batch_size, args.epochs, args.max_length, args.micro_batch_size)
         times: dict[str, list[float]] = {"alignloop": [], "trl": []}
         for repeat in range(args.repeats):  # alternate, so slow spells of the machine hit both
-            times["alignloop"].append(run_ours(root / f"ours-{repeat}", sft_dir, pairs, args.batch_size, args.epochs))
-            times["trl"].append(run_trl(root / f"trl-{repeat}", sft_dir, pairs, args.batch_size, args.epochs))
-    rate = {name: args.pairs * args.epochs / statistics.median(values) for name, values in times.items()}
+            times["alignloop"].append(run_ours(root / f"ours-{repeat}", sft_dir, pairs, *sizes))
+            times["trl"].append(run_trl(root / f"trl-{repeat}", sft_dir, pairs, *sizes))
+    rate = {name: len(pairs) * args.epochs / statistics.median(values) for name, values in times.items()}
     ratio = rate["alignloop"] / rate["trl"]
     print(f"{'trainer':<10}{'median s':>10}{'pairs/s':>10}")
     for name, values in times.items():
         print(f"{name:<10}{statistics.median(values):>10.2f}{rate[name]:>10.1f}")
     print(f"alignloop / TRL pairs per second: {ratio:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"pairs": args.pairs, "batch_size": args.batch_size, "epochs": args.epochs,
+    args.out.write_text(json.dumps({"policy": str(args.policy or "testbed"), "pairs": len(pairs),
+                                    "max_length": args.max_length, "micro_batch_size": args.micro_batch_size,
+                                    "batch_size": args.batch_size, "epochs": args.epochs,
                                     "seconds": times, "pairs_per_second": rate, "ratio": ratio}, indent=2) + "\n")
     print(f"wrote {args.out}")
 

@@ -1,12 +1,14 @@
-"""Sampling throughput: vLLM's engine against Hugging Face generate, same policy, same prompts, same settings
-(N samples per prompt, temperature 1, the policy's stop tokens), alternating on the same machine.
+"""Sampling throughput of the backends, same policy, same prompts, same settings (N samples per prompt, the
+policy's stop tokens), alternating on the same machine: Hugging Face generate (`hf`), alignloop's own decode loop
+(`native`) and vLLM's engine (`vllm`).
 
     python benchmarks/sampling.py                      # a testbed policy it trains first (head width 32)
-    python benchmarks/sampling.py --policy DIR --prompts prompts.jsonl --max-new-tokens 256   # your model
+    python benchmarks/sampling.py --policy DIR --prompts prompts.jsonl --max-new-tokens 128 --top-p 0.95
+    python benchmarks/sampling.py --backends hf native  # without the vLLM environment
 
-Reported per backend: responses/s over the generation itself, and for vLLM also including its engine start (a
-stage pays it once). Needs the vLLM environment (scripts/setup_vllm.sh). On a CPU-only machine vLLM's CPU build is
-measured; its advantage is on GPUs.
+Reported per backend: responses/s and new tokens/s over the generation itself, and for vLLM also including its
+engine start (a stage pays it once). vLLM needs its environment (scripts/setup_vllm.sh); on a CPU-only machine its
+CPU build is measured.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=256, help="prompts per HF generate call")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--backends", nargs="+", default=["hf", "native", "vllm"], choices=["hf", "native", "vllm"])
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("reports/sampling.json"))
@@ -65,39 +70,46 @@ def main() -> None:
         cfg = Config.model_validate({"model": {"dtype": args.dtype, "max_length": 1 << 20}})
         model, tokenizer = load_policy(policy, cfg.model)
         job = vllm_engine.GenerationJob(prompts, ids, greedy=False, max_new_tokens=args.max_new_tokens,
-                                        num_samples=args.num_samples, seed=0)
-        runs: dict[str, list[dict]] = {"hf": [], "vllm": []}
+                                        num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p,
+                                        seed=0)
+        runs: dict[str, list[dict]] = {backend: [] for backend in args.backends}
         for repeat in range(args.repeats):
-            start = time.perf_counter()
-            out = generate(model, tokenizer, prompts, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
-                           batch_size=args.batch_size, seed=repeat, prompt_ids=ids, max_length=cfg.model.max_length,
-                           description="hf generate")
-            seconds = time.perf_counter() - start
-            tokens = sum(g.num_tokens for gens in out for g in gens)
-            runs["hf"].append({"seconds": round(seconds, 2), "responses": len(prompts) * args.num_samples,
-                               "tokens": tokens})
-            start = time.perf_counter()
-            [out] = vllm_engine.vllm_generate(cfg, Path(tmp), policy, tokenizer, [job])
-            total = time.perf_counter() - start
-            tokens = sum(g.num_tokens for gens in out for g in gens)
-            runs["vllm"].append({"seconds": round(vllm_engine.last_timings["jobs"][0], 2),
-                                 "seconds_with_start": round(total, 2), "responses": len(prompts) * args.num_samples,
-                                 "tokens": tokens})
-            print(f"repeat {repeat}: hf {runs['hf'][-1]}, vllm {runs['vllm'][-1]}", flush=True)
+            for backend in args.backends:
+                start = time.perf_counter()
+                if backend == "vllm":
+                    [out] = vllm_engine.vllm_generate(cfg, Path(tmp), policy, tokenizer, [job])
+                    seconds, with_start = vllm_engine.last_timings["jobs"][0], time.perf_counter() - start
+                else:
+                    out = generate(model, tokenizer, prompts, num_samples=args.num_samples,
+                                   temperature=args.temperature, top_p=args.top_p,
+                                   max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=repeat,
+                                   prompt_ids=ids, max_length=cfg.model.max_length, description=f"{backend}",
+                                   engine=backend)
+                    seconds = with_start = time.perf_counter() - start
+                tokens = sum(g.num_tokens for gens in out for g in gens)
+                runs[backend].append({"seconds": round(seconds, 2), "seconds_with_start": round(with_start, 2),
+                                      "responses": len(prompts) * args.num_samples, "tokens": tokens})
+                print(f"repeat {repeat}: {backend} {runs[backend][-1]}", flush=True)
 
-    def rate(label: str, key: str = "seconds") -> float:
-        return statistics.mean(run["responses"] / run[key] for run in runs[label])
+    def rate(backend: str, unit: str, key: str = "seconds") -> float:
+        return statistics.mean(run[unit] / run[key] for run in runs[backend])
 
-    table = {"hf responses/s": rate("hf"), "vllm responses/s": rate("vllm"),
-             "vllm responses/s incl. engine start": rate("vllm", "seconds_with_start")}
-    table["ratio vllm / hf"] = table["vllm responses/s"] / table["hf responses/s"]
-    table["ratio incl. engine start"] = table["vllm responses/s incl. engine start"] / table["hf responses/s"]
+    table = {}
+    for backend in args.backends:
+        table[f"{backend} responses/s"] = rate(backend, "responses")
+        table[f"{backend} new tokens/s"] = rate(backend, "tokens")
+        if backend == "vllm":
+            table["vllm new tokens/s incl. engine start"] = rate(backend, "tokens", "seconds_with_start")
+    for backend in args.backends:
+        if backend != "hf" and "hf" in runs:
+            table[f"ratio {backend} / hf (tokens/s)"] = table[f"{backend} new tokens/s"] / table["hf new tokens/s"]
     print()
     for name, value in table.items():
         print(f"{name:<40} {value:>10.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"policy": str(args.policy or "testbed"), "num_prompts": len(prompts),
                                     "num_samples": args.num_samples, "max_new_tokens": args.max_new_tokens,
+                                    "temperature": args.temperature, "top_p": args.top_p,
                                     "runs": runs, "table": {k: round(v, 3) for k, v in table.items()}}, indent=2))
     print(f"\nwritten to {args.out}")
 
