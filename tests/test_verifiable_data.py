@@ -7,9 +7,11 @@ import importlib.util
 import json
 import math
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 if importlib.util.find_spec("if_verifiable") is None and os.environ.get("ALIGNLOOP_REQUIRE_REAL_KIT") != "1":
     pytest.skip("if-verifiable is not installed (the real-model kit)", allow_module_level=True)
@@ -19,6 +21,8 @@ from alignloop.config_data import DataConfig  # noqa: E402
 from alignloop.models.rankers import VerifierRanker  # noqa: E402
 from alignloop.prompt_data import DataError  # noqa: E402
 from alignloop.verifiable_data import prepare_verifiable_sets  # noqa: E402
+
+from pipeline_helpers import ALIGNLOOP, env_for  # noqa: E402
 
 TRAIN_IDS = ["punctuation:no_comma", "change_case:english_lowercase", "detectable_format:title"]
 
@@ -123,3 +127,16 @@ def test_the_verifier_ranker_scores_the_fraction_of_constraints_followed() -> No
 def test_constraints_no_run_can_use_are_refused_naming_the_key(data: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config({"data": data, "sft": {"enabled": False}, "rank": {"ranker": "verifier"}})
+
+
+def test_a_sharegpt_file_without_a_complete_record_stops_the_cli_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "cut.json").write_text('[{"id": "r0", "conversations": [{"from": "human", "value": "cu',
+                                       encoding="utf-8")
+    params = {"data": {"sharegpt": {"path": "cut.json"}}, "sft": {"enabled": False}, "rank": {"ranker": "verifier"},
+              "model": {"name_or_path": "testbed"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run([ALIGNLOOP, "stage", "prepare"], cwd=tmp_path, env=env_for(tmp_path),
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: data.sharegpt.path: ") and "no complete record" in result.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "artifacts").exists()
