@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 _BLANK = re.compile(r"\s*")
-_CUT_ESCAPE = 6  # a cut inside `\uXXXX` is reported up to this many characters before the end of the text
+_CUT_ESCAPE = 6  # a `\u` escape (6 characters) cut by the end of the file is reported up to 6 characters early
 
 
 def _read_text(path: Path) -> str:

@@ -147,6 +147,7 @@ def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
             greedy, sampled = hf_generations(cfg, model, tokenizer, split, prompts, ids)
         flat_prompts = [row["prompt"] for row, gens in zip(rows, sampled) for _ in gens]
         flat_samples = [g for gens in sampled for g in gens]
+        verdicts: list[dict] = [{} for _ in rows]  # per prompt: the checkers' verdicts, with the verifier
         if getattr(judge, "pairwise", False):  # each response against the SFT policy's greedy one, both orders
             anchors = [anchor_texts.get((split, pid), gens[0].text) for pid, gens in zip(ids, greedy)]
             greedy_scores = margins_over(judge, prompts, [gens[0].text for gens in greedy], anchors)
@@ -161,6 +162,9 @@ def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
             sampled_scores = [[followed_fraction(checks) for checks in per] for per in sampled_checks]
             baseline_scores = [baseline.get((split, pid), score) for pid, score in zip(ids, greedy_scores)]
             metrics |= verification_metrics(split, greedy_checks, sampled_checks)
+            verdicts = [{"instruction_id_list": row["instruction_id_list"],
+                         "greedy_checks": [list(check) for check in checks]}
+                        for row, checks in zip(rows, greedy_checks)]
         else:
             greedy_scores = [scores[0] for scores in judge.score(rows, [[gens[0].text] for gens in greedy])]
             sampled_scores = judge.score(rows, [[g.text for g in gens] for gens in sampled])
@@ -201,12 +205,9 @@ def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
             all_baseline_lengths += sft_lengths
         outputs += [{"split": split, "prompt_id": pid, "prompt": row["prompt"], **_answer(row),
                      "greedy": gens[0].text, "greedy_score": _finite(score), "greedy_tokens": gens[0].num_tokens,
-                     "sampled": [g.text for g in samples], "sampled_scores": [_finite(s) for s in s_scores],
-                     **({"instruction_id_list": row["instruction_id_list"],
-                         "greedy_checks": [list(check) for check in greedy_checks[k]]} if judge.name == "verifier"
-                        else {})}
-                    for k, (pid, row, gens, score, samples, s_scores)
-                    in enumerate(zip(ids, rows, greedy, greedy_scores, sampled, sampled_scores))]
+                     "sampled": [g.text for g in samples], "sampled_scores": [_finite(s) for s in s_scores], **verdict}
+                    for pid, row, gens, score, samples, s_scores, verdict
+                    in zip(ids, rows, greedy, greedy_scores, sampled, sampled_scores, verdicts)]
         exports[split] = alpaca_eval_rows(rows, greedy, f"alignloop-iter-{iteration}", split)
     if cfg.data.is_verifiable:  # does the policy still speak like the model it started from?
         metrics |= retention_metrics(cfg, layout, model, reference, tokenizer)
