@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from alignloop import __version__
+from alignloop import __version__, stop_points
 from alignloop.config import Config
 from alignloop.digests import file_digest
 from alignloop.io import read_json, write_json
@@ -164,5 +164,7 @@ def run_stage(name: str, cfg: Config, layout: Layout, iteration: int = 0, key: s
     check_iteration(stage, cfg, iteration)
     key = key or cache_key(stage, cfg, layout, iteration)
     remove_scratch(stage, cfg, layout, iteration)
-    stage.run(cfg, layout, iteration)
+    with stop_points.stage(stage.key(iteration)):
+        stage.run(cfg, layout, iteration)
+        stop_points.reach_in_stage("outputs-written")
     return write_stamp(stage, cfg, layout, iteration, key)

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-NOT_COMPUTING = ("alignloop.progress", "alignloop.digests")
+NOT_COMPUTING = ("alignloop.progress", "alignloop.digests", "alignloop.stop_points")
 
 
 def module_path(module: str) -> Path | None:

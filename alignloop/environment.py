@@ -8,6 +8,8 @@ import signal
 import types
 from pathlib import Path
 
+from alignloop import stop_points
+
 
 def configure(root: Path) -> None:
     root = root.resolve()
@@ -146,8 +148,23 @@ def prepare_mlflow_store() -> None:
         return
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     engine = sqlalchemy.create_engine(f"sqlite:///{tmp}")
+    if (stop_points.wanted() or "").startswith("mlflow-store:"):
+        _stop_after_create_table(engine)
     try:
         _initialize_tables(engine)
     finally:
         engine.dispose()
     os.replace(tmp, path)
+
+
+def _stop_after_create_table(engine) -> None:
+    """The test hook's points inside MLflow's migrations: `mlflow-store:created-<table>` once that table exists."""
+    import re
+
+    import sqlalchemy
+
+    @sqlalchemy.event.listens_for(engine, "after_cursor_execute")
+    def created(conn, cursor, statement, parameters, context, executemany) -> None:
+        table = re.match(r"\s*CREATE TABLE (\w+)", statement)
+        if table:
+            stop_points.reach(f"mlflow-store:created-{table.group(1)}")

@@ -20,9 +20,15 @@ else
   ALIGNLOOP_VLLM="vllm" ALIGNLOOP_TORCH="" bash scripts/setup_vllm.sh
 fi
 .venv/bin/python -c "import torch; print('torch', torch.__version__, 'CUDA devices:', torch.cuda.device_count())"
+if [ "$cpu" != 1 ]; then
+  # A CPU torch left in place would skip every GPU test and "pass": stop here instead.
+  .venv/bin/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else
+    'gpu_check: torch ' + torch.__version__ + ' sees no CUDA device (a CPU build left in .venv? rm -rf .venv and rerun)')"
+  export ALIGNLOOP_REQUIRE_GPU=1  # the GPU tests fail, not skip, without CUDA
+fi
 
 echo "== GPU-marked tests"
-.venv/bin/python -m pytest -m gpu -q -rs tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.log"
+.venv/bin/python -m pytest -n 0 -m gpu -q -rs tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.log"
 
 echo "== 2-iteration loop: vLLM sampling, accelerate training"
 project="$out/loop"

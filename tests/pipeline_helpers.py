@@ -11,12 +11,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import yaml
 
+from alignloop.stop_points import MARKER, STOP_AT
 from alignloop.vllm_env import DEFAULT_ENV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,8 +63,10 @@ def set_params(project: Path, overrides: dict[str, Any]) -> None:
 
 
 def run(args: list[str], cwd: Path, timeout: int = 900, **extra_env: str) -> subprocess.CompletedProcess:
+    stamp = prepare_stamp(cwd)
     result = subprocess.run(args, cwd=cwd, env=env_for(cwd, **extra_env), capture_output=True, text=True,
                             timeout=timeout, stdin=subprocess.DEVNULL)
+    count_start(args, cwd, stamp, result.returncode)
     assert result.returncode == 0, f"{args} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
 
@@ -92,31 +97,146 @@ def snapshot(project: Path) -> dict[str, str]:
             for path in artifact_files(project)}
 
 
-def copy_project(source: Path, target: Path) -> Path:
+def copy_project(source: Path, target: Path, dvc: bool = True, mlflow: bool = True) -> Path:
+    """A copy of a finished project, Prefect's cache and the stamps included (its stages come back cached). Without
+    `dvc` it is no longer a DVC project (a run commits nothing); without `mlflow` its next run starts a new store."""
     shutil.copytree(source, target, symlinks=True)
+    if not dvc:
+        for name in ("dvc.yaml", "dvc.lock", ".dvcignore", "alignloop"):
+            (target / name).unlink(missing_ok=True)
+        shutil.rmtree(target / ".dvc", ignore_errors=True)
+    if not mlflow:
+        (target / "mlflow.db").unlink(missing_ok=True)
     return target
 
 
-def run_until_killed(project: Path, marker: str, delay: float) -> str:
-    """Start `alignloop run`, SIGKILL its whole process group `delay` s after `marker` is printed."""
-    process = subprocess.Popen([ALIGNLOOP, "run"], cwd=project, env=env_for(project), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                               start_new_session=True)
-    seen = threading.Event()
-    lines: list[str] = []
+def continue_run(source: Path, target: Path, overrides: dict[str, Any], cached: tuple[str, ...]) -> Path:
+    """Copy a finished run, change its params and run it: the stages in `cached` must come back from the copy's
+    cache (cache keys do not depend on the directory), the others run."""
+    project = copy_project(source, target, dvc=False, mlflow=False)
+    set_params(project, overrides)
+    run([ALIGNLOOP, "run"], project)
+    status = statuses(project)
+    assert {key: status[key] for key in cached} == dict.fromkeys(cached, "cached"), status
+    return project
 
-    def read() -> None:
-        for line in process.stdout:
-            lines.append(line)
-            if marker in line:
-                seen.set()
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert seen.wait(timeout=600), "never reached the kill point:\n" + "".join(lines[-40:])
-    time.sleep(delay)
-    assert process.poll() is None, "the run ended before the kill:\n" + "".join(lines[-40:])
-    os.killpg(process.pid, signal.SIGKILL)  # a power cut: the flow and Prefect's server die at once
-    process.wait(timeout=60)
-    reader.join(timeout=10)
-    return "".join(lines)
+# Pipelines each test file ran from nothing (its own prepare, SFT, benchmark-0) outside the shared runs;
+# tests/conftest.py keeps each file within its budget.
+PIPELINE_STARTS: Counter[str] = Counter()
+_counting = True
+
+
+def is_pipeline(args: list[str]) -> bool:
+    """A command that runs (part of) the whole pipeline: `alignloop run|serve`, `dvc repro`, `dvc exp run`."""
+    head = [Path(str(arg)).name for arg in args[:3]]
+    return head[:2] in (["alignloop", "run"], ["alignloop", "serve"], ["dvc", "repro"]) or head == ["dvc", "exp", "run"]
+
+
+def prepare_stamp(project: Path) -> tuple[int, int] | None:
+    """The project's prepare stamp as it is on disk (inode, mtime), None without one: it changes when prepare runs."""
+    try:
+        stat = (project / ".alignloop" / "stamps" / "prepare.json").stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def count_start(args: list[str], project: Path, stamp_before: tuple[int, int] | None,
+                returncode: int | None = None) -> None:
+    """Count a pipeline against the current test's file when it ran prepare (a run from nothing, or one whose inputs
+    all changed); a copied run continued, or one refused before any work (exit 2), does not count."""
+    if is_pipeline(args) and returncode != 2 and prepare_stamp(project) != stamp_before:
+        _count()
+
+
+def _count() -> None:
+    current = os.environ.get("PYTEST_CURRENT_TEST", "")
+    if _counting and current:
+        PIPELINE_STARTS[current.split("::")[0]] += 1
+
+
+@contextmanager
+def shared_run() -> Iterator[None]:
+    """Pipelines started here build a run many tests share; they do not count against the file that asked first."""
+    global _counting
+    _counting = False
+    try:
+        yield
+    finally:
+        _counting = True
+
+
+def run_cli(args: list[str], project: Path, env: dict[str, str] | None = None,
+            timeout: int = 900) -> subprocess.CompletedProcess:
+    """`alignloop <args>` in the project, whatever its exit status."""
+    stamp = prepare_stamp(project)
+    result = subprocess.run([ALIGNLOOP, *args], cwd=project, env=env or env_for(project), capture_output=True,
+                            text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    count_start([ALIGNLOOP, *args], project, stamp, result.returncode)
+    return result
+
+
+def start_cli(args: list[str], project: Path, **popen: Any) -> subprocess.Popen:
+    """`alignloop <args>` started in the background, in its own session (stdin closed); counted as a run from
+    nothing when the project has no prepare stamp yet."""
+    if is_pipeline([ALIGNLOOP, *args]) and prepare_stamp(project) is None:
+        _count()
+    return subprocess.Popen([ALIGNLOOP, *args], cwd=project, stdin=subprocess.DEVNULL, start_new_session=True,
+                            **popen)
+
+
+class StoppedRun:
+    """`alignloop <args>` with the test hook on: the process stops at `point` (alignloop/stop_points.py) and waits
+    there, so whatever the test does next (a SIGKILL, SIGINT, SIGTERM) happens inside that point."""
+
+    def __init__(self, project: Path, point: str, args: tuple[str, ...] = ("run",), **extra_env: str):
+        self.point, self.args, self.project = point, args, project
+        self.stamp = prepare_stamp(project)
+        self.process = subprocess.Popen([ALIGNLOOP, *args], cwd=project,
+                                        env=env_for(project, **{STOP_AT: point}, **extra_env),
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self.stopped = threading.Event()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if line.strip() == f"{MARKER} {self.point}":
+                self.stopped.set()
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_until_stopped(self, timeout: float = 600) -> None:
+        """Returns once the process waits at the point; fails if it ends (or takes `timeout` s) without reaching it."""
+        deadline = time.monotonic() + timeout
+        while not self.stopped.wait(timeout=0.1):
+            if self.process.poll() is not None:
+                self.reader.join(timeout=10)
+                if self.stopped.is_set():
+                    break
+                raise AssertionError(f"the run ended (exit {self.process.returncode}) without reaching the stop point "
+                                     f"{self.point}:\n" + "\n".join(self.lines[-40:]))
+            assert time.monotonic() < deadline, f"{self.point} not reached in {timeout} s:\n" + self.output[-4000:]
+        assert self.process.poll() is None, f"the run left the stop point {self.point}:\n" + self.output[-4000:]
+
+    def finish(self, timeout: float = 120) -> int:
+        code = self.process.wait(timeout=timeout)
+        self.reader.join(timeout=10)
+        count_start([ALIGNLOOP, *self.args], self.project, self.stamp, code)
+        return code
+
+
+def run_until_killed(project: Path, point: str) -> str:
+    """Run until the process stops at `point`, then SIGKILL its whole process group there (a power cut: the flow and
+    Prefect's server die at once); returns the output."""
+    running = StoppedRun(project, point)
+    running.wait_until_stopped()
+    os.killpg(running.process.pid, signal.SIGKILL)
+    running.finish(timeout=60)
+    return running.output

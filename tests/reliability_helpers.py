@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-from pipeline_helpers import ALIGNLOOP, env_for
+from pipeline_helpers import env_for
 
 # Put on PYTHONPATH: replaces `module:function` with one raising `module:Class(message)` in every process that starts
 # with ALIGNLOOP_TEST_RAISE set (the CLI under test), before the CLI imports it.
@@ -33,12 +32,6 @@ def raising_env(tmp_path: Path, project: Path, target: str, error: str, message:
     hooks.mkdir(exist_ok=True)
     (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
     return env_for(project, PYTHONPATH=str(hooks), ALIGNLOOP_TEST_RAISE=f"{target}|{error}|{message}", **extra)
-
-
-def run_cli(args: list[str], project: Path, env: dict[str, str] | None = None,
-            timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([ALIGNLOOP, *args], cwd=project, env=env or env_for(project), capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def last_line(text: str) -> str:

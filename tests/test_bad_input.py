@@ -12,7 +12,7 @@ import yaml
 
 from alignloop.fixture import build_fixture
 
-from pipeline_helpers import ALIGNLOOP, REPO, env_for, merge
+from pipeline_helpers import REPO, merge, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,7 @@ def _run(tmp_path: Path, fixture_dir: Path, overrides: dict) -> subprocess.Compl
     (tmp_path / "fixture").symlink_to(fixture_dir, target_is_directory=True)
     params = merge(yaml.safe_load((REPO / "presets" / "own_model.yaml").read_text()), overrides)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return subprocess.run([ALIGNLOOP, "run"], cwd=tmp_path, env=env_for(tmp_path), capture_output=True, text=True,
-                          timeout=300, stdin=subprocess.DEVNULL)
+    return run_cli(["run"], tmp_path, timeout=300)
 
 
 def _copy(source: Path, target: Path) -> Path:

@@ -134,11 +134,6 @@ def test_repository_params_yaml_parses():
     assert cfg.model.n_embd % cfg.model.n_head == 0
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "presets").glob("*.yaml")), ids=lambda path: path.name)
-def test_presets_parse(path):
-    assert isinstance(load_config(path), Config)
-
-
 def test_cli_rejects_bad_params_with_one_line(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("optimize:\n  beta: -1\n")

@@ -8,18 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_helpers import ALIGNLOOP, DVC, make_project, run, statuses
+from pipeline_helpers import ALIGNLOOP, DVC, copy_project, run, set_params, statuses
 
 pytestmark = pytest.mark.slow
 
 
-def test_copo_run_accumulates_counts_and_dvc_agrees(tmp_path: Path) -> None:
-    project = make_project(tmp_path / "copo", {"iterations": 2, "optimize": {"exploration": "copo"}},
-                           link_package=True)
-    run([DVC, "init", "--no-scm", "-q"], project)
-    run([ALIGNLOOP, "dvc-yaml"], project)
+def test_copo_run_accumulates_counts_and_dvc_agrees(tiny_run: Path, tmp_path: Path) -> None:
+    # The shared tiny run (a DVC project) grown to two COPO iterations: what it had stays cached.
+    project = copy_project(tiny_run, tmp_path / "copo", mlflow=False)
+    set_params(project, {"iterations": 2, "optimize": {"exploration": "copo"}})
     run([ALIGNLOOP, "run"], project)
-    assert {"cfn-1", "cfn-2"} <= {key for key, status in statuses(project).items() if status == "ran"}
+    status = statuses(project)
+    assert {key: status[key] for key in ("prepare", "sft", "benchmark-0", "sample-1", "rank-1")} == dict.fromkeys(
+        ("prepare", "sft", "benchmark-0", "sample-1", "rank-1"), "cached"), status
+    assert {"cfn-1", "cfn-2"} <= {key for key, status in status.items() if status == "ran"}
     stats = [json.loads((project / f"artifacts/iter-{i}/cfn/stats.json").read_text()) for i in (1, 2)]
     assert stats[0]["buffer_visits"] == 48 * 4 and stats[1]["buffer_visits"] == 2 * 48 * 4
     log = json.loads((project / "artifacts/iter-2/train_log.json").read_text())

@@ -1,4 +1,4 @@
-"""DVC and Prefect agree on what is done (tiny preset, one iteration; slow).
+"""DVC and Prefect agree on what is done (tiny preset, one iteration, the session's shared runs; slow).
 
 After `alignloop run`, `dvc status` is clean and `dvc repro` runs nothing; after `dvc repro`, `alignloop run` recomputes
 nothing; `dvc exp run -S optimize.beta=0.2` runs a sweep point in a git repository.
@@ -12,37 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_helpers import ALIGNLOOP, DVC, REPO, make_project, run, snapshot, statuses
+from pipeline_helpers import ALIGNLOOP, DVC, REPO, copy_project, run, snapshot, statuses
 
 pytestmark = pytest.mark.slow
 
 
-def _dvc_project(path: Path, scm: bool = False) -> Path:
-    # `dvc exp run -S key=value` overrides keys params.yaml already has (the repository's has every key).
-    project = make_project(path, {"optimize": {"beta": 0.1}}, link_package=True)
-    if scm:
-        run(["git", "init", "-q"], project)
-        run(["git", "config", "user.email", "test@alignloop"], project)
-        run(["git", "config", "user.name", "test"], project)
-        run([DVC, "init", "-q"], project)
-    else:
-        run([DVC, "init", "--no-scm", "-q"], project)
-    run([ALIGNLOOP, "dvc-yaml"], project)
-    return project
-
-
-def test_dvc_is_clean_after_alignloop_run(tmp_path: Path) -> None:
-    project = _dvc_project(tmp_path)
-    run([ALIGNLOOP, "run"], project)
+def test_dvc_is_clean_after_alignloop_run(tiny_run: Path, tmp_path: Path) -> None:
+    project = copy_project(tiny_run, tmp_path / "project")
     assert (project / "dvc.lock").is_file()
     assert "up to date" in run([DVC, "status"], project).stdout
     repro = run([DVC, "repro"], project)
     assert "Running stage" not in repro.stdout, repro.stdout
 
 
-def test_alignloop_run_reuses_what_dvc_repro_made(tmp_path: Path) -> None:
-    project = _dvc_project(tmp_path)
-    run([DVC, "repro"], project)
+def test_alignloop_run_reuses_what_dvc_repro_made(tiny_repro: Path, tmp_path: Path) -> None:
+    project = copy_project(tiny_repro, tmp_path / "project")
     made_by_dvc = snapshot(project)
     run([ALIGNLOOP, "run"], project)
     assert set(statuses(project).values()) == {"reused"}, statuses(project)
@@ -50,12 +34,18 @@ def test_alignloop_run_reuses_what_dvc_repro_made(tmp_path: Path) -> None:
     assert "up to date" in run([DVC, "status"], project).stdout
 
 
-def test_dvc_exp_run_sweeps_beta(tmp_path: Path) -> None:
-    project = _dvc_project(tmp_path, scm=True)
+def test_dvc_exp_run_sweeps_beta(tiny_run: Path, tmp_path: Path) -> None:
+    # The shared run in a git repository: the sweep point reruns only what beta changes (optimize-1 onwards).
+    project = copy_project(tiny_run, tmp_path / "project")
+    run([DVC, "config", "core.no_scm", "false"], project)
+    run(["git", "init", "-q"], project)
+    run(["git", "config", "user.email", "test@alignloop"], project)
+    run(["git", "config", "user.name", "test"], project)
     shutil.copy(REPO / ".gitignore", project / ".gitignore")  # the repository's rules: metrics files stay in git
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-q", "-m", "tiny project"], project)
-    run([DVC, "exp", "run", "-S", "optimize.beta=0.2", "-n", "beta-0.2"], project)
+    sweep = run([DVC, "exp", "run", "-S", "optimize.beta=0.2", "-n", "beta-0.2"], project).stdout
+    assert "Running stage 'optimize-1'" in sweep and "Running stage 'sft'" not in sweep, sweep
     shown = json.loads(run([DVC, "exp", "show", "--json"], project).stdout)
     experiments = [exp for entry in shown for exp in (entry.get("experiments") or [])]
     names = {exp.get("name") for exp in experiments}

@@ -14,7 +14,7 @@ from alignloop.io import read_jsonl
 from alignloop.paths import Layout
 from alignloop.stages import plan
 
-from pipeline_helpers import ALIGNLOOP, make_project, run, set_params, statuses
+from pipeline_helpers import ALIGNLOOP, continue_run, run, set_params, statuses
 
 
 def _keys(cfg: Config) -> list[str]:
@@ -42,9 +42,9 @@ def test_dvc_yaml_wires_the_creator_output_into_the_next_sample(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_run_trains_on_evolved_prompts_and_grows(tmp_path: Path) -> None:
-    project = make_project(tmp_path / "eva", {"iterations": 2, "evolve": {"enabled": True}})
-    run([ALIGNLOOP, "run"], project)
+def test_tiny_run_trains_on_evolved_prompts_and_grows(tiny_run: Path, tmp_path: Path) -> None:
+    project = continue_run(tiny_run, tmp_path / "eva", {"iterations": 2, "evolve": {"enabled": True}},
+                           cached=("prepare", "sft", "benchmark-0", "sample-1"))
     layout = Layout(project)
     assert statuses(project)["evolve-1"] == "ran" and "evolve-2" not in statuses(project)
     next_prompts = read_jsonl(layout.next_prompts(1))

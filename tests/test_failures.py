@@ -3,36 +3,37 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from pipeline_helpers import ALIGNLOOP, env_for, make_project, run, set_params, snapshot, statuses
+from pipeline_helpers import ALIGNLOOP, copy_project, run, set_params, snapshot, statuses
 
 pytestmark = pytest.mark.slow
 
 
-def test_failing_stage_stops_with_one_line_and_the_next_run_resumes(tmp_path: Path) -> None:
-    # diverges at once: NaN loss by the second step (cut responses are left out of pairs, so few pairs per epoch)
-    project = make_project(tmp_path, {"optimize": {"learning_rate": 1.0e9, "epochs": 4}})
-    result = subprocess.run([ALIGNLOOP, "run"], cwd=project, env=env_for(project), capture_output=True, text=True,
-                            timeout=900, stdin=subprocess.DEVNULL)
+def test_failing_stage_stops_with_one_line_and_the_next_run_resumes(tiny_run: Path, diverged_run,
+                                                                   tmp_path: Path) -> None:
+    # The shared tiny run, then a learning rate that diverges at once: NaN loss by the second step of optimize-1.
+    project, result = copy_project(diverged_run[0], tmp_path / "project", dvc=False), diverged_run[1]
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: stage optimize (iteration 1) failed: NonFiniteLossError: "), last
     assert "learning_rate" in last
-    # What finished before the failure is intact; the failed stage left nothing under its final names.
+    # What finished before the failure is intact, and the failed stage wrote nothing: the previous policy is the
+    # shared run's, byte for byte.
     before = snapshot(project)
     assert "artifacts/iter-1/pairs.jsonl" in before and "artifacts/sft/metrics.json" in before
-    assert not (project / "artifacts" / "iter-1" / "policy").exists()
+    assert before == snapshot(tiny_run)
 
     set_params(project, {"optimize": {"learning_rate": 3.0e-4}})
     run([ALIGNLOOP, "run"], project)
     status = statuses(project)
     assert {k for k, v in status.items() if v == "cached"} == {"prepare", "sft", "benchmark-0", "sample-1", "rank-1"}
     assert {k for k, v in status.items() if v == "ran"} == {"optimize-1", "benchmark-1", "report"}
-    assert {k: v for k, v in snapshot(project).items() if k in before} == before
+    kept = {k: v for k, v in before.items() if k.startswith(("data/", "artifacts/sft/", "artifacts/iter-1/pairs",
+                                                             "artifacts/iter-1/samples"))}
+    assert len(kept) > 5 and {k: v for k, v in snapshot(project).items() if k in kept} == kept
 
 
 @pytest.fixture(scope="module")

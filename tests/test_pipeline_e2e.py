@@ -1,44 +1,20 @@
-"""End to end on the tiny preset: `alignloop run` (Prefect + MLflow) and `dvc repro` (DVC), one iteration each."""
+"""End to end on the tiny preset: `alignloop run` (Prefect + MLflow) and `dvc repro` (DVC), one iteration each (the
+session's shared runs, tests/conftest.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from pipeline_helpers import DVC, copy_project, run, snapshot
+
 pytestmark = pytest.mark.slow
 
 
-def _env(project: Path) -> dict[str, str]:
-    env = {**os.environ, "ALIGNLOOP_PROGRESS": "0", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    for key in ("MLFLOW_TRACKING_URI", "PREFECT_HOME", "PREFECT_API_URL"):
-        env.pop(key, None)  # each project keeps its own stores
-    return env
-
-
-def _project(tmp_path: Path, link_package: bool = False) -> Path:
-    shutil.copy(REPO / "presets" / "tiny.yaml", tmp_path / "params.yaml")
-    if link_package:  # the package in the project, as in a checkout: DVC tracks the stage code too
-        (tmp_path / "alignloop").symlink_to(REPO / "alignloop")
-    return tmp_path
-
-
-def _run(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, env=_env(cwd), capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
-def test_alignloop_run_end_to_end(tmp_path: Path) -> None:
-    project = _project(tmp_path)
-    result = _run([str(BIN / "alignloop"), "run"], project)
+def test_alignloop_run_end_to_end(tiny_run: Path, tmp_path: Path) -> None:
+    project = tiny_run
     summary = json.loads((project / "reports" / "summary.json").read_text())
     assert [row["iteration"] for row in summary["iterations"]] == [0, 1]
     for row in summary["iterations"]:
@@ -55,7 +31,7 @@ def test_alignloop_run_end_to_end(tmp_path: Path) -> None:
     assert {"prepare", "sft", "benchmark-0", "sample-1", "rank-1", "optimize-1", "benchmark-1"} <= set(
         summary["stages"])
     assert all(step["status"] == "ran" and step["seconds"] >= 0 for step in summary["stages"].values())
-    assert "in_dist" in result.stdout  # the per-iteration table
+    assert "in_dist" in (project / "run.stdout").read_text()  # the per-iteration table
 
     samples = [json.loads(line) for line in (project / "artifacts/iter-1/samples.jsonl").read_text().splitlines()]
     assert len(samples) == 48 * 4
@@ -86,23 +62,25 @@ def test_alignloop_run_end_to_end(tmp_path: Path) -> None:
     assert 0 < len(table["data"]) <= 5
 
 
-def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
-    project = _project(tmp_path, link_package=True)
-    dvc = str(BIN / "dvc")
-    _run([dvc, "init", "--no-scm", "-q"], project)
-    _run([str(BIN / "alignloop"), "dvc-yaml"], project)
-    _run([dvc, "repro"], project)
-    metrics = json.loads((project / "artifacts/iter-1/metrics.json").read_text())
+def test_dvc_repro_end_to_end(tiny_repro: Path, tmp_path: Path) -> None:
+    metrics = json.loads((tiny_repro / "artifacts/iter-1/metrics.json").read_text())
     assert 0.0 <= metrics["in_distribution/greedy_gold"] <= 1.0
     # DVC's cache links the policies instead of copying them: the workspace file is the cache's file
-    assert "hardlink,symlink,copy" in (project / ".dvc" / "config").read_text()
-    weights = project / "artifacts/iter-1/policy/model.safetensors"
+    assert "hardlink,symlink,copy" in (tiny_repro / ".dvc" / "config").read_text()
+    weights = tiny_repro / "artifacts/iter-1/policy/model.safetensors"
     assert weights.is_symlink() or weights.stat().st_nlink > 1
-    assert "up to date" in _run([dvc, "status"], project).stdout
-    second = _run([dvc, "repro"], project).stdout
+
+    project = copy_project(tiny_repro, tmp_path / "project")
+    assert "up to date" in run([DVC, "status"], project).stdout
+    second = run([DVC, "repro"], project).stdout
     assert "Running stage" not in second
-    shown = _run([dvc, "metrics", "show", "--json"], project).stdout
+    shown = run([DVC, "metrics", "show", "--json"], project).stdout
     assert "in_distribution/greedy_gold" in shown
-    plots = _run([dvc, "plots", "show", "-o", "plots"], project)
+    plots = run([DVC, "plots", "show", "-o", "plots"], project)
     assert "WARNING" not in plots.stdout + plots.stderr  # DVC only warns when it cannot draw a plot
     assert "in_distribution/greedy_gold" in (project / "plots" / "index.html").read_text()
+
+
+def test_dvc_repro_and_alignloop_run_make_the_same_bytes(tiny_run: Path, tiny_repro: Path) -> None:
+    made_by_dvc = snapshot(tiny_repro)
+    assert len(made_by_dvc) > 20 and snapshot(tiny_run) == made_by_dvc

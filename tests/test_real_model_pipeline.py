@@ -94,7 +94,7 @@ def test_a_kill_inside_optimize_resumes_to_identical_artifacts(reference, tmp_pa
     for stale in ("policy", "train_log.json", "metrics.json", "benchmark_outputs.jsonl", "alpaca_eval"):
         path = project / "artifacts/iter-1" / stale  # optimize-1 and benchmark-1 must run again
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    run_until_killed(project, marker="optimize iteration 1:", delay=1.0)
+    run_until_killed(project, "optimize-1:step-1")
     assert not (project / "artifacts/iter-1/policy").exists()
     run([ALIGNLOOP, "run"], project, timeout=1500)
     ran = {key for key, value in statuses(project).items() if value == "ran"}

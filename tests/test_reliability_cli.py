@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from reliability_helpers import last_line, raising_env, run_cli
+from reliability_helpers import last_line, raising_env
 
-from pipeline_helpers import make_project
+from pipeline_helpers import make_project, run_cli
 
 UNEXPECTED = re.compile(r"^alignloop: unexpected error: (?P<what>.+) \(traceback in (?P<log>\S+\.log)\)$")
 
@@ -96,10 +96,9 @@ def test_log_dir_falls_back_to_a_temporary_directory(tmp_path: Path, monkeypatch
 
 
 @pytest.mark.slow
-def test_failing_run_ends_with_one_line_and_no_prefect_traceback(tmp_path: Path) -> None:
-    # diverges at once: NaN loss by the second step (tests/test_failures.py)
-    project = make_project(tmp_path, {"optimize": {"learning_rate": 1.0e9, "epochs": 4}})
-    result = run_cli(["run"], project)
+def test_failing_run_ends_with_one_line_and_no_prefect_traceback(diverged_run) -> None:
+    # The shared tiny run, then a learning rate that diverges at once (tests/conftest.py)
+    project, result = diverged_run
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
     lines = result.stderr.strip().splitlines()
@@ -107,8 +106,8 @@ def test_failing_run_ends_with_one_line_and_no_prefect_traceback(tmp_path: Path)
     started = max(i for i, line in enumerate(lines) if "optimize iteration 1:" in line)
     assert lines[started + 1:] == lines[-1:], lines[started:]  # nothing between the stage's start and the error
     assert not any("Finished in state Failed" in line or line.startswith("ERROR prefect") for line in lines)
-    (log,) = (project / ".alignloop" / "logs").glob("*-run-*.log")
-    text = log.read_text()
+    logs = sorted((project / ".alignloop" / "logs").glob("*-run-*.log"))
+    text = logs[-1].read_text()  # the failed run's (the first is the shared run's)
     assert "Traceback (most recent call last)" in text and "NonFiniteLossError" in text
     assert "optimize iteration 1:" in text  # the whole run is in the log, not only the failure
 

@@ -19,9 +19,29 @@ from pipeline_helpers import ALIGNLOOP, REPO, env_for
 PARAMS = REPO / "params.yaml"
 
 
+def _leaves(tree: dict, prefix: tuple[str, ...] = ()):
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, (*prefix, key))
+        else:
+            yield (*prefix, key), value
+
+
 @pytest.mark.parametrize("path", [PARAMS, *sorted((REPO / "presets").glob("*.yaml"))], ids=lambda p: p.name)
-def test_shipped_params_and_presets_still_load(path: Path) -> None:
-    load_config(path)
+def test_shipped_params_and_presets_load_with_every_value_they_write(path: Path) -> None:
+    """Each shipped file loads, and the config holds every value the file writes (none dropped, renamed or
+    coerced into something else)."""
+    held = load_config(path).model_dump(mode="json")
+    written = list(_leaves(yaml.safe_load(path.read_text())))
+    assert len(written) >= 5
+    differ = []
+    for keys, value in written:
+        node = held
+        for key in keys:
+            node = node.get(key, "<missing>") if isinstance(node, dict) else "<missing>"
+        if node != value:
+            differ.append((".".join(keys), value, node))
+    assert not differ, differ
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -7,54 +7,35 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from pipeline_helpers import ALIGNLOOP, env_for, is_scratch, make_project, run, statuses
+from alignloop.stop_points import MARKER
+
+from pipeline_helpers import ALIGNLOOP, StoppedRun, copy_project, is_scratch, run, set_params, statuses
 
 pytestmark = pytest.mark.slow
 
-# An optimize stage of a few seconds, so the signal lands inside it.
-PARAMS = {"optimize": {"epochs": 100, "batch_size": 2}}
+# The shared tiny run with another sampling temperature: sample-1 and rank-1 run (and are stamped) before the
+# signal lands after optimize-1's first step; the copied stages before them stay cached.
+PARAMS = {"sample": {"temperature": 0.9}}
 BEFORE = {"prepare", "sft", "benchmark-0", "sample-1", "rank-1"}
 AFTER = {"optimize-1", "benchmark-1", "report"}
-MARKER = "optimize iteration 1:"
+POINT = "optimize-1:step-1"
 
 
-class Run:
-    """`alignloop run` in its own session, stderr read line by line."""
+def _copy(tiny_run: Path, path: Path, params: dict | None = PARAMS) -> Path:
+    project = copy_project(tiny_run, path, dvc=False, mlflow=False)
+    if params:
+        set_params(project, params)
+    return project
 
-    def __init__(self, project: Path, marker: str = MARKER):
-        self.marker = marker
-        self.process = subprocess.Popen([ALIGNLOOP, "run"], cwd=project, env=env_for(project),
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                        text=True, start_new_session=True)
-        self.lines: list[str] = []
-        self.seen = threading.Event()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
 
-    def _read(self) -> None:
-        for line in self.process.stderr:
-            self.lines.append(line.rstrip("\n"))
-            if self.marker in line:
-                self.seen.set()
-
-    def wait_for_marker(self, delay: float = 1.0) -> None:
-        assert self.seen.wait(timeout=600), "never reached the stage:\n" + "\n".join(self.lines[-40:])
-        time.sleep(delay)
-        assert self.process.poll() is None, "the run ended first:\n" + "\n".join(self.lines[-40:])
-
-    def finish(self, timeout: float = 120) -> int:
-        self.process.stdout.read()
-        code = self.process.wait(timeout=timeout)
-        self.reader.join(timeout=10)
-        return code
+def _stamps(project: Path) -> dict[str, bytes]:
+    return {path.stem: path.read_bytes() for path in (project / ".alignloop" / "stamps").glob("*.json")}
 
 
 def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
@@ -96,23 +77,26 @@ def _scratch(project: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_stops_the_run_with_one_line_and_the_next_run_resumes(tmp_path: Path, signum: int, code: int) -> None:
-    project = make_project(tmp_path, PARAMS)
-    running = Run(project)
-    running.wait_for_marker()
+def test_signal_stops_the_run_with_one_line_and_the_next_run_resumes(tiny_run: Path, tmp_path: Path, signum: int,
+                                                                     code: int) -> None:
+    project = _copy(tiny_run, tmp_path / "project")
+    stamps = _stamps(project)
+    running = StoppedRun(project, POINT)
+    running.wait_until_stopped()
     children = psutil.Process(running.process.pid).children(recursive=True)
     os.kill(running.process.pid, signum)
-    assert running.finish() == code, "\n".join(running.lines[-40:])
+    assert running.finish() == code, running.output[-4000:]
 
     name = signal.Signals(signum).name
-    after = running.lines[max(i for i, line in enumerate(running.lines) if MARKER in line) + 1:]
+    after = running.lines[running.lines.index(f"{MARKER} {POINT}") + 1:]
     assert after == [f"alignloop: interrupted ({name}) during stage optimize-1; finished stages are kept, run again "
                      "to resume"], after
-    assert not any("Traceback" in line for line in running.lines)
+    assert "Traceback" not in running.output
     assert not _scratch(project)
     assert not (project / ".alignloop" / "run.lock").exists()
-    stamped = {path.stem for path in (project / ".alignloop" / "stamps").glob("*.json")}
-    assert stamped == BEFORE
+    # The stages that finished in this run were stamped; the interrupted one was not.
+    restamped = {stage for stage, stamp in _stamps(project).items() if stamps.get(stage) != stamp}
+    assert restamped == {"sample-1", "rank-1"}, restamped
     assert not _gone_within(children, project, 10)
 
     run([ALIGNLOOP, "run"], project)
@@ -121,10 +105,10 @@ def test_signal_stops_the_run_with_one_line_and_the_next_run_resumes(tmp_path: P
     assert {key for key, value in status.items() if value == "ran"} == AFTER
 
 
-def test_sigkill_of_the_run_alone_does_not_leave_the_prefect_server(tmp_path: Path) -> None:
-    project = make_project(tmp_path, PARAMS)
-    running = Run(project)
-    running.wait_for_marker()
+def test_sigkill_of_the_run_alone_does_not_leave_the_prefect_server(tiny_run: Path, tmp_path: Path) -> None:
+    project = _copy(tiny_run, tmp_path / "project")
+    running = StoppedRun(project, "sample-1:start")
+    running.wait_until_stopped()
     children = psutil.Process(running.process.pid).children(recursive=True)
     assert any(re.search(r"uvicorn|prefect\.server", " ".join(child.cmdline())) for child in children), [
         child.cmdline() for child in children]
@@ -134,27 +118,16 @@ def test_sigkill_of_the_run_alone_does_not_leave_the_prefect_server(tmp_path: Pa
     assert not left, left
 
 
-def _has_table(path: Path, table: str) -> bool:
-    import sqlite3
-
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.05) as connection:
-            return bool(connection.execute("select 1 from sqlite_master where name = ?", (table,)).fetchall())
-    except sqlite3.Error:
-        return False
-
-
-def test_a_kill_while_mlflow_creates_its_store_does_not_break_the_next_run(tmp_path: Path) -> None:
+def test_a_kill_while_mlflow_creates_its_store_does_not_break_the_next_run(tiny_run: Path, tmp_path: Path) -> None:
     # MLflow's schema migrations are not transactional: killed halfway, they left a mlflow.db no run could open
-    # ("table datasets already exists"); found by benchmarks/faults.py. Kill once a later migration's table exists.
-    project = make_project(tmp_path, PARAMS)
-    running = Run(project, marker="Updating database tables")  # MLflow's migrations begin
-    running.wait_for_marker(delay=0.0)
-    deadline = time.monotonic() + 120
-    while not any(_has_table(path, "datasets") for path in project.glob("*mlflow.db*")):
-        assert time.monotonic() < deadline and running.process.poll() is None, "\n".join(running.lines[-20:])
-        time.sleep(0.01)
+    # ("table datasets already exists"); found by benchmarks/faults.py. Killed once a later migration's table exists.
+    project = _copy(tiny_run, tmp_path / "project", params=None)  # no MLflow store yet
+    running = StoppedRun(project, "mlflow-store:created-datasets")
+    running.wait_until_stopped()
     os.killpg(running.process.pid, signal.SIGKILL)
     running.finish()
+    # The kill landed while the store was being made: only its temporary exists.
+    assert not (project / "mlflow.db").exists() and list(project.glob(".mlflow.db.*.tmp"))
     run([ALIGNLOOP, "run"], project)
-    assert set(statuses(project).values()) <= {"ran", "cached"}
+    assert set(statuses(project).values()) == {"cached"}
+    assert (project / "mlflow.db").is_file()

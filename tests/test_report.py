@@ -17,7 +17,7 @@ from alignloop.config import Config
 from alignloop.iteration_rows import report_plot_names
 from alignloop.report_html import SECTIONS
 
-from pipeline_helpers import ALIGNLOOP, make_project, run
+from pipeline_helpers import ALIGNLOOP, continue_run, run
 
 pytestmark = pytest.mark.slow
 EVERYTHING = {"iterations": 2, "evolve": {"enabled": True}, "optimize": {"exploration": "copo"},
@@ -61,9 +61,8 @@ def _page(project: Path) -> _Page:
     return page
 
 
-def test_the_report_has_every_section_and_figure(tmp_path: Path) -> None:
-    project = make_project(tmp_path / "project", EVERYTHING)
-    run([ALIGNLOOP, "run"], project)
+def test_the_report_has_every_section_and_figure(tiny_run: Path, tmp_path: Path) -> None:
+    project = continue_run(tiny_run, tmp_path / "project", EVERYTHING, cached=("prepare", "sft"))
     cfg = Config.model_validate(yaml.safe_load((project / "params.yaml").read_text()))
     plots = project / "reports" / "plots"
     assert sorted(path.stem for path in plots.glob("*.png")) == sorted(report_plot_names(cfg))
@@ -93,10 +92,8 @@ def test_the_report_has_every_section_and_figure(tmp_path: Path) -> None:
     assert list(_page(project).sections) == list(page.sections)
 
 
-def test_a_run_without_the_optional_methods_says_so(tmp_path: Path) -> None:
-    project = make_project(tmp_path / "project")
-    run([ALIGNLOOP, "run"], project)
-    page = _page(project)
+def test_a_run_without_the_optional_methods_says_so(tiny_run: Path) -> None:
+    page = _page(tiny_run)
     for key, switch in (("eva", "evolve.enabled: true"), ("copo", "optimize.exploration: copo"),
                         ("reward_model", "reward.enabled: true")):
         assert not page.sections[key]["images"] and switch in page.sections[key]["text"]

@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 from pipeline_helpers import (
     ALIGNLOOP,
     artifact_files,
+    continue_run,
     copy_project,
-    make_project,
     run,
     run_until_killed,
     set_params,
@@ -31,18 +31,19 @@ from pipeline_helpers import (
 
 pytestmark = pytest.mark.slow
 
-# Long enough an optimize stage (a few seconds) to be killed in the middle of it: every prompt with two different
-# scores gives a pair (not only finished responses, which the tiny model rarely writes), 100 epochs of batches of 2.
-PARAMS = {"iterations": 2, "rank": {"drop_unfinished": False}, "optimize": {"epochs": 100, "batch_size": 2}}
+# Every prompt with two different scores gives a pair (not only finished responses, which the tiny model rarely
+# writes), so each optimize stage has steps to be killed between.
+PARAMS = {"iterations": 2, "rank": {"drop_unfinished": False}}
+SHARED = ("prepare", "sft", "sample-1")  # what the shared tiny run holds for these params (benchmark reads `rank`)
 BEFORE_KILL = ("prepare", "sft", "benchmark-0", "sample-1", "rank-1", "optimize-1", "benchmark-1", "sample-2",
                "rank-2")
 AFTER_KILL = ("optimize-2", "benchmark-2", "report")
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    project = make_project(tmp_path_factory.mktemp("reference"), PARAMS)
-    run([ALIGNLOOP, "run"], project)
+def reference(tiny_run: Path, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """The uninterrupted run: the shared tiny run grown to these params."""
+    project = continue_run(tiny_run, tmp_path_factory.mktemp("reference") / "project", PARAMS, cached=SHARED)
     return project, snapshot(project)
 
 
@@ -94,22 +95,26 @@ class Watcher(threading.Thread):
             time.sleep(0.02)
 
 
-def test_crash_inside_optimize_of_iteration_2_resumes_to_identical_artifacts(reference, tmp_path: Path) -> None:
+def test_crash_inside_optimize_of_iteration_2_resumes_to_identical_artifacts(tiny_run: Path, reference,
+                                                                            tmp_path: Path) -> None:
     reference_project, reference_files = reference
-    project = make_project(tmp_path / "crashed", PARAMS)
+    project = copy_project(tiny_run, tmp_path / "crashed", dvc=False, mlflow=False)
+    set_params(project, PARAMS)
 
     watcher = Watcher(project)
     watcher.start()
-    run_until_killed(project, marker="optimize iteration 2:", delay=1.0)
+    run_until_killed(project, "optimize-2:step-1")
     layout_policy = project / "artifacts" / "iter-2" / "policy"
     # The kill landed inside optimize-2: its inputs exist, its outputs do not.
     assert (project / "artifacts" / "iter-2" / "pairs.jsonl").is_file()
     assert not layout_policy.exists() and not (project / "artifacts" / "iter-2" / "train_log.json").exists()
     # (c) whatever is under a final name is complete and already equal to the uninterrupted run's file.
-    killed = snapshot(project)
+    # (The report's table is still the copied run's: the report stage comes after the kill.)
+    killed = {name: digest for name, digest in snapshot(project).items() if name != "reports/iterations.json"}
     assert killed and all(reference_files[name] == digest for name, digest in killed.items()), sorted(
         name for name, digest in killed.items() if reference_files.get(name) != digest)
-    before = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in artifact_files(project)}
+    before = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in artifact_files(project)
+              if path.name != "iterations.json"}
 
     result = run([ALIGNLOOP, "run"], project)
     watcher.stop.set()

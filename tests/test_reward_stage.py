@@ -5,6 +5,7 @@ uninterrupted one."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,7 @@ pytestmark = pytest.mark.slow
 PARAMS = {
     "testbed": {"label_noise": 0.2},
     "rank": {"ranker": "reward_model"},
-    # epochs: long enough a stage (about 5 s on 2 cores for its ~30 pairs) to be killed inside reward training
-    "reward": {"enabled": True, "num_prompts": 120, "eval_prompts": 40, "epochs": 80, "batch_size": 16,
+    "reward": {"enabled": True, "num_prompts": 120, "eval_prompts": 40, "epochs": 4, "batch_size": 16,
                "ensemble_size": 2, "denoising": "flip_margin", "contrastive_weight": 1.0},
 }
 
@@ -65,8 +65,10 @@ def test_a_second_run_is_all_cached(reference, tmp_path):
 
 
 def test_a_kill_inside_reward_training_resumes_to_identical_artifacts(reference, tmp_path):
-    project = make_project(tmp_path / "killed", PARAMS)
-    output = run_until_killed(project, "training pairs (", delay=1.0)
+    # The finished run with its reward model taken away: the stage runs again, and is killed after its first step.
+    project = copy_project(reference[0], tmp_path / "killed")
+    shutil.rmtree(project / "artifacts" / "reward_model")
+    output = run_until_killed(project, "reward_model:step-1")
     assert "reward_model: held-out accuracy" not in output  # killed inside the stage
     assert not (project / "artifacts" / "reward_model").exists()  # nothing half-written under the final name
     run([ALIGNLOOP, "run"], project)

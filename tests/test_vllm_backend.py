@@ -1,8 +1,8 @@
 """`sample.backend: vllm` and `benchmark.backend: vllm`: vLLM's engine, in its own environment (.venv-vllm, made by
 scripts/setup_vllm.sh), on the fixture's chat model after SFT.
 
-- greedy responses are the HF path's on >= 99 % of prompts (a testbed policy, and the chat fixture's), and the
-  engine's response log-probs equal the policy's (recomputed with transformers) within 1e-4;
+- greedy responses are the HF path's on every prompt of a testbed policy (200 of 200) and on >= 99 % of the chat
+  fixture's, and the engine's response log-probs equal the policy's (recomputed with transformers) within 1e-4;
 - sampled responses repeat exactly with the same seeds, in a new engine;
 - the own-model pipeline runs with both stages on vLLM, its samples naming the policy that made them;
 - an engine that loaded other weights than the policy's is refused.
@@ -113,9 +113,9 @@ def _hf_greedy(cfg, model, tokenizer, prompts: list[str], ids: list[str], max_ne
                     prompt_ids=ids, max_length=cfg.model.max_length)
 
 
-def _assert_same_greedy(hf, engine) -> None:
+def _assert_same_greedy(hf, engine, at_least: float) -> None:
     same = sum(a[0].token_ids == b[0].token_ids for a, b in zip(hf, engine, strict=True))
-    assert same >= 0.99 * len(hf), f"greedy responses equal on {same} of {len(hf)} prompts"
+    assert same >= at_least * len(hf), f"greedy responses equal on {same} of {len(hf)} prompts"
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_vllm_greedy_matches_hf_on_the_testbed_policy(testbed_project):
     prompts, ids = [row["prompt"] for row in rows], [row["prompt_id"] for row in rows]
     [greedy] = vllm_generate(cfg, testbed_project, policy, tokenizer,
                              [GenerationJob(prompts, ids, greedy=True, max_new_tokens=16)])
-    _assert_same_greedy(_hf_greedy(cfg, model, tokenizer, prompts, ids, 16), greedy)
+    _assert_same_greedy(_hf_greedy(cfg, model, tokenizer, prompts, ids, 16), greedy, at_least=1.0)  # 200 of 200
     # answers that depend on the prompt and end at the stop token: a comparison that could have failed
     assert len({gens[0].token_ids for gens in greedy}) > 20 and sum(g[0].finished for g in greedy) > 150
     assert _engine_logps_match(model, tokenizer, prompts, greedy, cfg.model.max_length) < 1e-4
@@ -158,7 +158,8 @@ def test_vllm_on_the_chat_fixture(project):
     sampled = GenerationJob(prompts, ids, greedy=False, max_new_tokens=32, num_samples=4, seed=11)
     greedy, first = vllm_generate(cfg, project, policy, tokenizer,
                                   [GenerationJob(prompts, ids, greedy=True, max_new_tokens=32), sampled])
-    _assert_same_greedy(_hf_greedy(cfg, model, tokenizer, prompts, ids, 32), greedy)
+    # 32 tokens of BPE text from an untrained-looking chat model: near-ties in the logits may break either way
+    _assert_same_greedy(_hf_greedy(cfg, model, tokenizer, prompts, ids, 32), greedy, at_least=0.99)
     # the sampled responses are varied BPE text: the engine's log-probs are the policy's, token by token
     assert all(len({g.token_ids for g in gens}) > 1 for gens in first[:20])  # n samples per request, not n copies
     assert _engine_logps_match(model, tokenizer, prompts, first, cfg.model.max_length) < 1e-4

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
+from alignloop import stop_points
 from alignloop.config import ModelConfig
 from alignloop.config_reward import RewardConfig
 from alignloop.models.batching import batched_by_length
@@ -246,6 +247,7 @@ def train_reward_model(init_dir: str | Path, tokenizer: PreTrainedTokenizerBase,
         scheduler.step()
         history.append({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(),
                         **{name: value.item() for name, value in parts.items()}, **record})
+        stop_points.reach_in_stage(f"step-{step + 1}")
     classifier.eval()
     check_finite_weights(classifier, description)
     return TrainedReward(classifier, history)

@@ -23,6 +23,7 @@ from dataclasses import fields
 
 import torch
 
+from alignloop import stop_points
 from alignloop.config import Config, OptimizeConfig
 from alignloop.io import atomic_path, read_jsonl, write_json
 from alignloop.model_source import policy_dir
@@ -269,6 +270,7 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
         # testbed (docs/results.md, "Choosing the defaults").
         grad_norm = float("nan") if grad_norm is None else float(grad_norm)  # DeepSpeed clips inside its step
         history.append({"step": step, "loss": metrics.pop("loss"), "grad_norm": grad_norm, **metrics})
+        stop_points.reach_in_stage(f"step-{step + 1}")
 
     # 5) save
     seconds = time.perf_counter() - started  # logged, never written: artifacts stay byte-identical across reruns

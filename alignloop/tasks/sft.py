@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
+from alignloop import stop_points
 from alignloop.config import Config
 from alignloop.io import read_jsonl, write_json
 from alignloop.model_source import base_model_dir
@@ -74,6 +75,9 @@ def stop_on_non_finite_loss():
     class StopOnNonFiniteLoss(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             check_logged_loss(logs or {}, state.global_step)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            stop_points.reach_in_stage(f"step-{state.global_step}")  # a test hook; a no-op in a normal run
 
     return StopOnNonFiniteLoss()
 
