@@ -145,16 +145,3 @@ def pipeline_budget(request):
     allowed = PIPELINE_BUDGET_EXCEPTIONS.get(name, PIPELINE_BUDGET)
     assert started <= allowed, (f"{name} ran the pipeline from nothing {started} times (budget {allowed}): share a "
                                 "run (tests/conftest.py) or continue a copy of one (pipeline_helpers.continue_run)")
-
-
-# --- Order: the longest files first. xdist hands each file to the next free worker in collection order; started
-# last, a long file runs alone while the other worker idles (CI's durations, 2 workers: the real-model file alone
-# took 6 minutes and was handed out near the end).
-LONGEST_FIRST = ("test_real_model_pipeline.py", "test_vllm_backend.py", "test_launch_runs.py",
-                 "test_own_model_pipeline.py", "test_reward_stage.py", "test_resume.py",
-                 "test_reliability_interrupts.py", "test_presets.py", "test_serve.py", "test_evolve_pipeline.py")
-
-
-def pytest_collection_modifyitems(items) -> None:
-    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))  # stable: the rest keep their order

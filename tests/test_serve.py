@@ -66,7 +66,7 @@ def prefect_server(tmp_path: Path):
 
 
 def _completed_runs(api: str) -> int:
-    response = httpx.post(f"{api}/flow_runs/filter", timeout=10, json={
+    response = httpx.post(f"{api}/flow_runs/filter", timeout=60, json={  # a busy server (2 cores, 2 workers) is slow
         "flows": {"name": {"any_": ["alignloop"]}},
         "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}})
     response.raise_for_status()
