@@ -56,8 +56,8 @@ def test_a_named_point_stops_there_and_waits() -> None:
     while not lines or lines[-1] != f"{stop_points.MARKER} optimize-2:step-2":
         assert time.monotonic() < deadline
         lines.append(process.stdout.readline().rstrip("\n"))
-    time.sleep(0.5)
-    assert process.poll() is None  # still waiting at the point
+    with pytest.raises(subprocess.TimeoutExpired):
+        process.wait(timeout=0.5)  # still waiting at the point
     process.send_signal(signal.SIGKILL)
     rest = process.communicate(timeout=30)[0]
     assert lines[-3:-1] == ["step 1 done", "step 2 done"] and "step 3 done" not in rest
