@@ -73,7 +73,7 @@ def code_version(stage: Stage) -> str:
 @lru_cache(maxsize=None)
 def resolved_device(name: str) -> str:
     """The device type `model.device` resolves to on this machine (cpu, cuda, ...)."""
-    from alignloop.models.policy import resolve_device
+    from alignloop.models.device import resolve_device
 
     return resolve_device(name).type
 

@@ -174,8 +174,8 @@ class RankConfig(Section):
         return self
 
 
-# Short on purpose: with the testbed's character tokenizer every character is a token, and the prompted passes must
-# still fit prompt + response in model.max_length.
+# Short on purpose: the testbed tokenizer spells inputs and answers one character per token, and the prompted passes
+# must still fit prompt + response in model.max_length.
 DEFAULT_REFINEMENT_PROMPT = "Answer exactly."
 
 
@@ -244,7 +244,7 @@ class BenchmarkConfig(Section):
 
 
 class Config(Section):
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, lt=2**32, strict=True)  # strict: `seed: true` is not seed 1; < 2^32 for torch and numpy
     """Every random draw derives from this seed and records the derived seed with what it produced."""
     iterations: int = Field(3, ge=0)
     """Online iterations after SFT."""

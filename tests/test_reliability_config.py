@@ -63,6 +63,18 @@ def test_non_finite_numbers_are_refused(tmp_path: Path, text: str, message: str)
     assert str(excinfo.value) == message
 
 
+@pytest.mark.parametrize("text, message", [
+    ("seed: 4294967296\n", "seed: must be < 4294967296, got 4294967296"),  # torch and numpy seeds are < 2^32
+    ("seed: true\n", "seed: input should be a valid integer, got True"),  # not seed 1
+    ("seed: 1.0\n", "seed: input should be a valid integer, got 1.0"),
+])
+def test_a_seed_no_random_generator_takes_is_refused(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(_write(tmp_path, text))
+    assert str(excinfo.value) == message
+    assert load_config(_write(tmp_path, "seed: 4294967295\n")).seed == 2**32 - 1
+
+
 def test_non_finite_numbers_are_refused_in_code_too() -> None:
     with pytest.raises(ConfigError, match=r"^optimize\.beta: must be a finite number, got inf$"):
         parse_config({"optimize": {"beta": float("inf")}})

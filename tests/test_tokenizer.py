@@ -1,4 +1,5 @@
-"""The testbed's character tokenizer (alignloop/testbed/tokenizer.py), saved and reloaded through AutoTokenizer."""
+"""The testbed's tokenizer (alignloop/testbed/tokenizer.py: instruction words whole, everything else one token per
+character), saved and reloaded through AutoTokenizer."""
 
 from __future__ import annotations
 

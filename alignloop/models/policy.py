@@ -10,18 +10,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from alignloop.config import ModelConfig
 from alignloop.digests import file_digest
+from alignloop.models.device import resolve_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
 class ModelLoadError(RuntimeError):
     pass
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def check_tokenizer(tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:

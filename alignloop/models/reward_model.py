@@ -19,7 +19,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from alignloop.config import ConfigError
 from alignloop.model_source import read_model_config
 from alignloop.models.batching import batched_by_length, check_finite
-from alignloop.models.policy import DTYPES, ModelLoadError, resolve_device
+from alignloop.models.device import resolve_device
+from alignloop.models.policy import DTYPES, ModelLoadError
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from alignloop import stop_points
 from alignloop.config import ModelConfig
 from alignloop.config_reward import RewardConfig
 from alignloop.models.batching import batched_by_length
-from alignloop.models.policy import DTYPES, ModelLoadError, resolve_device
+from alignloop.models.device import resolve_device
+from alignloop.models.policy import DTYPES, ModelLoadError
 from alignloop.models.reward_losses import (
     DenoisingParams,
     denoising_loss,

@@ -23,6 +23,7 @@ from transformers import AutoConfig, GenerationConfig, PreTrainedTokenizerBase
 
 from alignloop import vllm_worker  # imported only to be part of the stages' code version: it runs in vLLM's env
 from alignloop.config import Config
+from alignloop.models.device import resolve_device
 from alignloop.models.generation import (
     Generation,
     check_prompt_lengths,
@@ -31,7 +32,7 @@ from alignloop.models.generation import (
     derive_seed,
     prompt_token_ids,
 )
-from alignloop.models.policy import policy_hash, resolve_device, stop_ids
+from alignloop.models.policy import policy_hash, stop_ids
 from alignloop.vllm_env import vllm_python
 
 WORKER = Path(vllm_worker.__file__)

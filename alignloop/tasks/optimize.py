@@ -27,6 +27,7 @@ from alignloop import stop_points
 from alignloop.config import Config, OptimizeConfig
 from alignloop.io import atomic_path, read_jsonl, write_json
 from alignloop.model_source import policy_dir
+from alignloop.models.device import resolve_device
 from alignloop.models.distributed import make_accelerator, mean_over_processes, sharded, trained_model
 from alignloop.models.generation import derive_seed
 from alignloop.models.logprobs import collate, sequence_logps, to_device, tokenize_ids
@@ -45,7 +46,7 @@ from alignloop.models.objective import (
     objective,
     sequence_sums,
 )
-from alignloop.models.policy import load_policy, resolve_device
+from alignloop.models.policy import load_policy
 from alignloop.models.shares import share
 from alignloop.models.training import (
     adapter_disabled,
