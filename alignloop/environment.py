@@ -96,7 +96,10 @@ def _with_watchdog(args: list[str]) -> list[str]:
 def tie_prefect_server_to_this_process() -> None:
     """Make the temporary server that Prefect starts when no PREFECT_API_URL is set (a `python -m uvicorn`
     subprocess, `SubprocessASGIServer`) stop when this process ends, even by SIGKILL: its command gets the watchdog
-    above. Prefect stops it itself at a normal exit (atexit)."""
+    above. Prefect stops it itself at a normal exit (atexit). With PREFECT_API_URL set no server is started here,
+    and its module (seconds to import) is not loaded."""
+    if os.environ.get("PREFECT_API_URL"):
+        return
     from prefect.server.api import server as prefect_server
 
     cls = prefect_server.SubprocessASGIServer

@@ -1,4 +1,4 @@
-"""Shared fixtures: a small, fixed testbed data set, the reloaded character tokenizer, and the pipeline runs several
+"""Shared fixtures: a small, fixed testbed data set, the reloaded testbed tokenizer, and the pipeline runs several
 test files read or copy (each built once per session)."""
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pipeline_helpers import (
     run_cli,
     set_params,
     shared_run,
+    temporary_prefect_server,
 )
 
 SMALL_TESTBED = TestbedConfig(sft_examples=200, prompt_pool_size=300, eval_size=50)
@@ -94,7 +95,8 @@ def tiny_run(tmp_path_factory) -> Path:
     checkout). Read it, or copy it (`copy_project`, `continue_run`) to run anything there."""
     def build(path: Path) -> None:
         project = _dvc_project(path)
-        (project / "run.stdout").write_text(run([ALIGNLOOP, "run"], project).stdout)
+        with temporary_prefect_server():  # as a user's first run: Prefect's own temporary server
+            (project / "run.stdout").write_text(run([ALIGNLOOP, "run"], project).stdout)
 
     return _shared(tmp_path_factory, "tiny-run", build)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -9,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -22,6 +24,8 @@ import yaml
 from alignloop.stop_points import MARKER, STOP_AT
 from alignloop.vllm_env import DEFAULT_ENV
 
+import prefect_server
+
 REPO = Path(__file__).resolve().parents[1]
 # The vLLM environment's tests skip without it, except under ALIGNLOOP_REQUIRE_VLLM=1 (CI), where it must exist.
 HAVE_VLLM = (DEFAULT_ENV / "bin" / "python").is_file()
@@ -32,11 +36,39 @@ ALIGNLOOP = str(BIN / "alignloop")
 DVC = str(BIN / "dvc")
 
 
+# The runs a test process starts share one Prefect server (started on first use, stopped at exit): a run without
+# PREFECT_API_URL starts and migrates a temporary server of its own, seconds of CPU each time. Each project still keeps
+# its own Prefect home (task cache, results). `temporary_prefect_server()` gives runs their own temporary server, as a
+# user's `alignloop run` has it: the shared tiny run and the interrupt tests use it.
+_prefect: dict[str, Any] = {"shared": True}
+
+
+def shared_prefect_api() -> str:
+    if "api" not in _prefect:
+        home = Path(tempfile.mkdtemp(prefix="alignloop-test-prefect-"))
+        process, api = prefect_server.start(home / "home", home / "server.log")
+        atexit.register(lambda: (prefect_server.stop(process), shutil.rmtree(home, ignore_errors=True)))
+        _prefect["api"] = api
+    return _prefect["api"]
+
+
+@contextmanager
+def temporary_prefect_server() -> Iterator[None]:
+    """Runs started here get no PREFECT_API_URL: each starts Prefect's temporary server, as outside the tests."""
+    before, _prefect["shared"] = _prefect["shared"], False
+    try:
+        yield
+    finally:
+        _prefect["shared"] = before
+
+
 def env_for(project: Path, **extra: str) -> dict[str, str]:
     env = {**os.environ, "ALIGNLOOP_PROGRESS": "0", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **extra}
     for key in ("MLFLOW_TRACKING_URI", "PREFECT_HOME", "PREFECT_API_URL"):
         if key not in extra:
             env.pop(key, None)  # each project keeps its own stores
+    if "PREFECT_API_URL" not in extra and _prefect["shared"]:
+        env["PREFECT_API_URL"] = shared_prefect_api()
     return env
 
 

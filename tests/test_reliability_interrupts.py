@@ -15,7 +15,16 @@ import pytest
 
 from alignloop.stop_points import MARKER
 
-from pipeline_helpers import ALIGNLOOP, StoppedRun, copy_project, is_scratch, run, set_params, statuses
+from pipeline_helpers import (
+    ALIGNLOOP,
+    StoppedRun,
+    copy_project,
+    is_scratch,
+    run,
+    set_params,
+    statuses,
+    temporary_prefect_server,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +34,13 @@ PARAMS = {"sample": {"temperature": 0.9}}
 BEFORE = {"prepare", "sft", "benchmark-0", "sample-1", "rank-1"}
 AFTER = {"optimize-1", "benchmark-1", "report"}
 POINT = "optimize-1:step-1"
+
+
+@pytest.fixture(autouse=True)
+def _temporary_prefect_server():
+    """As a user's run: Prefect's temporary server, which an interrupt must not leave behind."""
+    with temporary_prefect_server():
+        yield
 
 
 def _copy(tiny_run: Path, path: Path, params: dict | None = PARAMS) -> Path:

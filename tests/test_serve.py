@@ -6,9 +6,6 @@ runs have completed; each must have grown the pipeline by `schedule.iterations_p
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,52 +14,20 @@ import httpx
 import pytest
 import yaml
 
-from pipeline_helpers import BIN, copy_project, env_for, start_cli
+import prefect_server as prefect_server_process
+from pipeline_helpers import copy_project, env_for, start_cli
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
-
-
 @pytest.fixture()
 def prefect_server(tmp_path: Path):
-    port = _free_port()
-    home = tmp_path / "server-home"
-    env = env_for(tmp_path, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    log = (tmp_path / "server.log").open("w")
-    process = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                               env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               start_new_session=True)
-    api = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert process.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-        time.sleep(1)
-    else:
-        _stop(process)
-        pytest.fail("prefect server did not come up in 180 s")
+    try:
+        process, api = prefect_server_process.start(tmp_path / "server-home", tmp_path / "server.log")
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     yield api
-    _stop(process)
-    log.close()
+    prefect_server_process.stop(process)
 
 
 def _completed_runs(api: str) -> int:
@@ -86,7 +51,7 @@ def test_serve_runs_on_schedule_and_grows_iterations(prefect_server: str, tiny_r
                 time.sleep(2)
             completed = _completed_runs(prefect_server)
         finally:
-            _stop(serve)
+            prefect_server_process.stop(serve)
     assert completed >= 2, log_path.read_text()[-4000:]
 
     iterations = yaml.safe_load((project / "params.yaml").read_text())["iterations"]
