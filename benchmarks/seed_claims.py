@@ -1,0 +1,165 @@
+"""The seed methods' claims on the real model: each arm against plain online DPO from the same start, the same
+prompts and the same budget (presets/smollm2_ifeval.yaml shrunk to BUDGET), over several seeds. Per arm: the last
+iteration's metrics, mean ± sd over seeds, and the paired difference to DPO per seed; a verdict on the paper's claim
+(reproduced / not reproduced / inconclusive) from the paired differences. Prints tables, writes JSON.
+
+    python benchmarks/seed_claims.py --arms dpo copo tdpo2 --seeds 0 1 2 --workdir /tmp/claims
+    python benchmarks/seed_claims.py --arms dpo copo --seeds 0 1 2 --workdir /tmp/claims --report-only
+
+Arms run one after another (one project per arm and seed under --workdir/<arm>/seed-<n>, reused when finished with
+the same params; see benchmarks/real_model.py). `dpo` is the control: it runs first, and each other arm's project
+starts as a copy of its finished project, so the stages an arm does not change (prepare, the start's benchmark,
+iteration 1's samples and ranking) are shared, not recomputed, and its time is what the arm itself costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+from pathlib import Path
+
+import yaml
+
+from alignloop.io import read_jsonl
+from alignloop.paths import Layout
+
+from common import mean_sd
+from real_model import PRESET, read_project, run_seed, seed_params
+
+# The budget of one arm and seed: two iterations, 48 prompts per iteration, 16 held-out prompts per evaluation set,
+# 64-token benchmark answers. Measured for DPO, seed 0: 904 s of flow on 2 cores (benchmarks 390 s, optimize 294 s,
+# sample 180 s, prepare 34 s), over the 12 minutes an arm should take; shorter answers are the next cut.
+BUDGET = ("iterations=2", "sample.num_prompts=48", "data.sharegpt.eval_size=16",
+          "data.sharegpt.reference_answers=16", "benchmark.max_new_tokens=64")
+ARMS: dict[str, tuple[str, ...]] = {
+    "dpo": (),
+    # The released recipe's α/β (1e-4 / 0.01) at this β (0.1). α = 1 (seed 0, 2026-12-07) made the exploration term
+    # ~300 times DPO's loss on 135M-model sequences (loss 27 vs 0.09, gradient norm 77 vs 2.7).
+    "copo": ("optimize.exploration=copo", "optimize.copo_alpha=0.001"),
+    "tdpo2": ("optimize.loss=tdpo2",),
+    "srdpo": ("optimize.loss=srdpo",),
+    "ipo": ("optimize.loss=ipo",),
+    "sripo": ("optimize.loss=sripo",),
+    "simpo": ("optimize.loss=simpo",),
+    "nll": ("optimize.nll_weight=1.0",),
+}
+# Each arm's claim as (metric, direction, control arm): what its paper says it improves over the control.
+CLAIMS: dict[str, tuple[str, int, str]] = {
+    "copo": ("in_distribution/prompt_strict", +1, "dpo"),  # exploration finds what plain sampling misses
+    "tdpo2": ("in_distribution/sampled_entropy", +1, "dpo"),  # more diverse at equal accuracy
+    "srdpo": ("in_distribution/prompt_strict", +1, "dpo"),
+    "ipo": ("in_distribution/prompt_strict", 0, "dpo"),  # no accuracy claim: compared, no direction
+    "sripo": ("in_distribution/prompt_strict", +1, "ipo"),
+    "simpo": ("in_distribution/prompt_strict", +1, "dpo"),
+    "nll": ("retention_relative_change", +1, "dpo"),  # the anchor keeps the model's likelihood of real answers
+}
+METRICS = {  # key: column
+    "in_distribution/prompt_strict": "in_dist greedy", "in_distribution/sampled_prompt_strict": "in_dist sampled",
+    "unseen_types/prompt_strict": "unseen greedy", "in_distribution/sampled_entropy": "entropy",
+    "in_distribution/distinct_2": "distinct-2", "retention_relative_change": "retention",
+    "no_constraint/greedy_length": "length"}
+
+
+def distinct_n(texts: list[str], n: int = 2) -> float:
+    """Distinct n-grams of whitespace tokens over all texts, divided by all n-grams (1.0: no n-gram repeats)."""
+    grams = [tuple(words[k:k + n]) for text in texts for words in [text.split()] for k in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def last_metrics(project: Path) -> dict[str, float]:
+    """The last iteration's metrics of one finished project, with distinct-2 of its sampled in-distribution answers."""
+    seed = read_project(project)
+    metrics = dict(seed["iterations"][-1]["metrics"])
+    rows = read_jsonl(Layout(project).benchmark_outputs(len(seed["iterations"]) - 1))
+    sampled = [text for row in rows if row["split"] == "in_distribution" for text in row["sampled"]]
+    metrics["in_distribution/distinct_2"] = distinct_n(sampled)
+    metrics["seconds"] = seed["flow_seconds"]
+    return metrics
+
+
+def paired(arm: dict[int, dict], control: dict[int, dict], key: str) -> tuple[float, float, int]:
+    """Mean and sd of the per-seed differences arm − control, over the seeds both have."""
+    diffs = [arm[s][key] - control[s][key] for s in sorted(arm.keys() & control.keys())
+             if key in arm[s] and key in control[s]]
+    if not diffs:
+        return float("nan"), float("nan"), 0
+    mean, sd = mean_sd(diffs)
+    return mean, sd, len(diffs)
+
+
+def verdict(mean: float, sd: float, n: int, direction: int) -> str:
+    """`reproduced` when the paired mean lies beyond two standard errors in the claimed direction, `not reproduced`
+    when beyond two in the other, `inconclusive` otherwise (or with fewer than 3 seeds)."""
+    if n < 3 or direction == 0 or math.isnan(mean):
+        return "inconclusive" if direction else "compared"
+    se = sd / math.sqrt(n)
+    if direction * mean > 2 * se:
+        return "reproduced"
+    return "not reproduced" if -direction * mean > 2 * se else "inconclusive"
+
+
+def start_from_control(control: Path, project: Path) -> None:
+    """A new arm's project begins as a copy of the control's finished one (same seed): what the arm does not change
+    (prepare, the start's benchmark, iteration 1's samples and ranking) comes back cached, so every arm is compared
+    on the same samples and pays only for what differs. MLflow's store is left behind (it names the control's
+    folder)."""
+    if project.exists() or project == control or not (control / "reports" / "summary.json").is_file():
+        return
+    shutil.copytree(control, project, symlinks=True, ignore=shutil.ignore_patterns("mlflow.db", "mlruns", "run.log"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arms", nargs="+", default=["dpo", "copo"], choices=sorted(ARMS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workdir", type=Path, required=True, help="one folder per arm, one project per seed")
+    parser.add_argument("--report-only", action="store_true", help="read finished projects; run nothing")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/seed_claims.json"))
+    args = parser.parse_args()
+
+    preset = yaml.safe_load(PRESET.read_text())
+    results: dict[str, dict[int, dict]] = {}
+    for arm in sorted(args.arms, key=lambda name: name != "dpo"):  # the control first: the others start from it
+        results[arm] = {}
+        for seed in args.seeds:
+            project = args.workdir / arm / f"seed-{seed}"
+            if not args.report_only:
+                start_from_control(args.workdir / "dpo" / f"seed-{seed}", project)
+                run_seed(project, seed_params(preset, seed, overrides=(*BUDGET, *ARMS[arm])))
+            if (project / "reports" / "summary.json").is_file():
+                results[arm][seed] = last_metrics(project)
+
+    print(f"\n{'arm':<8}" + "".join(f"{label:>18}" for label in METRICS.values()) + f"{'min/seed':>10}")
+    for arm, seeds in results.items():
+        cells = []
+        for key in METRICS:
+            values = [m[key] for m in seeds.values() if key in m]
+            mean, sd = mean_sd(values) if values else (float("nan"), float("nan"))
+            cells.append(f"{mean:>10.3f} ± {sd:<5.3f}")
+        minutes = statistics.mean(m["seconds"] for m in seeds.values()) / 60 if seeds else float("nan")
+        print(f"{arm:<8}" + "".join(cells) + f"{minutes:>10.1f}")
+
+    verdicts = []
+    print(f"\n{'arm':<8}{'claim metric':<34}{'vs':<6}{'paired diff':>20}{'seeds':>7}  verdict")
+    for arm in results:
+        if arm not in CLAIMS or CLAIMS[arm][2] not in results:
+            continue
+        key, direction, control = CLAIMS[arm]
+        mean, sd, n = paired(results[arm], results[control], key)
+        verdicts.append({"arm": arm, "metric": key, "control": control, "mean_diff": mean, "sd_diff": sd,
+                         "seeds": n, "verdict": verdict(mean, sd, n, direction)})
+        print(f"{arm:<8}{key:<34}{control:<6}{mean:>+12.3f} ± {sd:<5.3f}{n:>7}  {verdicts[-1]['verdict']}")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"budget": BUDGET, "arms": {arm: ARMS[arm] for arm in results},
+                                    "results": {arm: {str(s): m for s, m in seeds.items()}
+                                                for arm, seeds in results.items()},
+                                    "verdicts": verdicts}, indent=2) + "\n")
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""benchmarks/seed_claims.py's arithmetic (no pipeline run): distinct-n by hand, paired differences over the seeds two
+arms share, and the verdict's two-standard-error rule in both directions."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # benchmarks import `common` top-level
+
+import seed_claims  # noqa: E402
+
+
+def test_distinct_n_counts_repeated_bigrams_once():
+    # bigrams: (a b) (b a) (a b) | (a b) -> 2 distinct of 4
+    assert seed_claims.distinct_n(["a b a b", "a b"]) == 0.5
+    assert seed_claims.distinct_n(["one two three"], n=2) == 1.0
+    assert math.isnan(seed_claims.distinct_n(["single"]))
+
+
+def test_paired_differences_use_the_seeds_both_arms_have():
+    arm = {0: {"m": 0.5}, 1: {"m": 0.7}, 2: {"m": 0.4}}
+    control = {0: {"m": 0.3}, 1: {"m": 0.4}, 5: {"m": 0.9}}
+    mean, sd, n = seed_claims.paired(arm, control, "m")
+    assert n == 2 and mean == pytest.approx(0.25) and sd == pytest.approx(math.sqrt(2) * 0.05)
+    assert math.isnan(seed_claims.paired(arm, control, "absent")[0])
+
+
+@pytest.mark.parametrize("mean, sd, n, direction, expected", [
+    (0.10, 0.05, 3, +1, "reproduced"),      # 0.10 > 2 · 0.05/√3 = 0.058
+    (0.05, 0.05, 3, +1, "inconclusive"),    # 0.05 < 0.058
+    (-0.10, 0.05, 3, +1, "not reproduced"),
+    (-0.10, 0.05, 3, -1, "reproduced"),     # a claimed decrease
+    (0.50, 0.01, 2, +1, "inconclusive"),    # two seeds are not enough
+    (0.50, 0.01, 3, 0, "compared"),         # an arm with no claim in a direction
+])
+def test_verdict_is_two_standard_errors_in_the_claimed_direction(mean, sd, n, direction, expected):
+    assert seed_claims.verdict(mean, sd, n, direction) == expected
+
+
+def test_every_claim_names_a_known_arm_and_control():
+    assert set(seed_claims.CLAIMS) <= set(seed_claims.ARMS)
+    assert {control for _, _, control in seed_claims.CLAIMS.values()} <= set(seed_claims.ARMS)
+
+
+def test_an_arm_starts_from_the_controls_finished_project_without_its_mlflow_store(tmp_path):
+    control, arm = tmp_path / "dpo" / "seed-0", tmp_path / "copo" / "seed-0"
+    for name in ("reports/summary.json", "artifacts/iter-1/pairs.jsonl", ".alignloop/stamps/prepare.json",
+                 "mlflow.db", "run.log"):
+        (control / name).parent.mkdir(parents=True, exist_ok=True)
+        (control / name).write_text(name)
+    seed_claims.start_from_control(control, arm)
+    copied = sorted(p.relative_to(arm).as_posix() for p in arm.rglob("*") if p.is_file())
+    assert copied == [".alignloop/stamps/prepare.json", "artifacts/iter-1/pairs.jsonl", "reports/summary.json"]
+
+    (arm / "artifacts/iter-1/pairs.jsonl").write_text("the arm's own")
+    seed_claims.start_from_control(control, arm)  # an arm's project, once made, is its own
+    assert (arm / "artifacts/iter-1/pairs.jsonl").read_text() == "the arm's own"
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    seed_claims.start_from_control(unfinished, tmp_path / "ipo" / "seed-0")
+    assert not (tmp_path / "ipo").exists()
