@@ -21,6 +21,7 @@ from typing import Any
 from alignloop import __version__, stop_points
 from alignloop.config import Config
 from alignloop.digests import file_digest
+from alignloop.errors import MissingInputError
 from alignloop.io import read_json, write_json
 from alignloop.paths import Layout
 from alignloop.stages import STAGES, Stage, check_iteration
@@ -93,7 +94,7 @@ def cache_key(stage: Stage, cfg: Config, layout: Layout, iteration: int) -> str:
     for path in stage.deps(layout, cfg, iteration):
         value = digest(path)
         if value is None:
-            raise FileNotFoundError(f"{path}: input of stage {stage.key(iteration)} is missing "
+            raise MissingInputError(f"{path}: input of stage {stage.key(iteration)} is missing "
                                     "(run the stages before it first)")
         inputs[_relative(path, layout)] = value
     payload = {"stage": stage.name, "iteration": iteration if stage.per_iteration else None,

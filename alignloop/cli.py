@@ -15,8 +15,9 @@ from pathlib import Path
 
 import typer
 
-from alignloop.cli_errors import USER_ERRORS, Current, command, console_logging, fail, log_to_file
+from alignloop.cli_errors import Current, command, console_logging, fail, log_to_file
 from alignloop.config import Config, ConfigError, load_config
+from alignloop.errors import UserError, is_user_error
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -47,7 +48,9 @@ def _setup(params: Path, check_files: bool = False, runs: bool = False) -> tuple
         return cfg, root
     except ConfigError as exc:
         fail(str(exc), 2)
-    except (ValueError, OSError, RuntimeError) as exc:  # a model or file the checks could not even read
+    except (UserError, OSError) as exc:  # a model or file the checks could not even read
+        if not is_user_error(exc):
+            raise  # a bug: the command's handler says so
         fail(f"{params.name}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", 2)
     raise AssertionError("unreachable")
 
@@ -147,7 +150,6 @@ def stage(name: str = typer.Argument(
     """Run one stage on its own (what `dvc repro` calls)."""
     cfg, root = _setup(params, check_files=name == "prepare", runs=True)
     from alignloop.cache import run_stage
-    from alignloop.models.policy import ModelLoadError
     from alignloop.paths import Layout
     from alignloop.run_lock import run_lock
     from alignloop.stages import STAGES
@@ -160,7 +162,9 @@ def stage(name: str = typer.Argument(
             run_stage(name, cfg, Layout(root), iteration)
     except ConfigError as exc:
         fail(str(exc), 2)
-    except (*USER_ERRORS, ModelLoadError, FloatingPointError) as exc:
+    except (UserError, OSError) as exc:
+        if not is_user_error(exc):
+            raise  # a bug: the command's handler says so, with the traceback in the log
         fail(f"stage {name} (iteration {iteration}): {exc}", 1)
     except KeyboardInterrupt:  # SIGINT / SIGTERM: what the stage left half-written goes (atomic_path cleans its own)
         from alignloop import cache
@@ -176,6 +180,7 @@ def report(params: Path = PARAMS_OPTION) -> None:
     reports/report.html (one self-contained page; wall times come from the last run's summary.json); print the
     per-iteration table."""
     cfg, root = _setup(params)
+    from alignloop.io import DamagedFileError
     from alignloop.iteration_rows import format_table, table_columns
     from alignloop.paths import Layout
     from alignloop.report_html import write_report_html
@@ -187,7 +192,7 @@ def report(params: Path = PARAMS_OPTION) -> None:
         page = write_report_html(cfg, layout)
     except FileNotFoundError as exc:
         fail(f"{exc} (has every iteration been benchmarked?)", 1)
-    except ValueError as exc:  # a damaged metrics file, named with its line
+    except DamagedFileError as exc:  # a damaged metrics file, named with its line
         fail(str(exc), 1)
     typer.echo(format_table(rows, table_columns(cfg)))
     typer.echo(f"report in {page.relative_to(root)}")

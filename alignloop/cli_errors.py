@@ -1,10 +1,11 @@
 """How every `alignloop` command ends: one line on stderr and a non-zero exit, never a traceback.
 
-A problem a person can act on (a bad params value, a missing file, a diverged loss) is `error: <what and where>`
-(exit 2 for params, 1 for the rest); anything unexpected is `alignloop: unexpected error: <Type>: <message>
-(traceback in <log>)`, with the traceback in `.alignloop/logs/` (a temporary directory when the project is not
-writable). SIGINT and SIGTERM stop a command cleanly: `alignloop: interrupted (SIGTERM) ...`, exit 130 / 143.
-Console logging prints one line per record; `log_to_file` keeps everything, tracebacks included.
+A problem a person can act on (`alignloop.errors.UserError`: a bad params value, a missing file, a diverged loss;
+or the operating system's word about the machine, such as a full disk) is `error: <what and where>` (exit 2 for
+params, 1 for the rest). Anything else is a bug, whatever its type (a `ValueError` too): `alignloop: unexpected
+error: <Type>: <message> (traceback in <log>)`, with the traceback in `.alignloop/logs/` (a temporary directory when
+the project is not writable). SIGINT and SIGTERM stop a command cleanly: `alignloop: interrupted (SIGTERM) ...`,
+exit 130 / 143. Console logging prints one line per record; `log_to_file` keeps everything, tracebacks included.
 """
 
 from __future__ import annotations
@@ -25,11 +26,8 @@ import click
 import typer
 
 from alignloop.config import ConfigError
+from alignloop.errors import StageError, is_user_error
 
-# Errors a person can act on: printed as one line, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError, OSError)
-# The same, by name, for classes whose modules are too heavy to import just to name them.
-_USER_ERROR_NAMES = {"alignloop.models.policy.ModelLoadError"}
 LOG_DIR = Path(".alignloop") / "logs"
 _KEEP_LOGS = 50
 _MAX_LINE = 2000
@@ -59,11 +57,6 @@ def fail(message: str, code: int) -> None:
 def _say(line: str, code: int) -> None:
     typer.secho(line, err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
-
-
-def _is_user_error(exc: BaseException) -> bool:
-    return isinstance(exc, (*USER_ERRORS, FloatingPointError)) or any(
-        f"{cls.__module__}.{cls.__qualname__}" in _USER_ERROR_NAMES for cls in type(exc).__mro__)
 
 
 def log_dir(root: Path) -> Path:
@@ -105,8 +98,9 @@ def _unexpected(exc: BaseException, what: str | None = None) -> None:
 def _interrupted(signum: int) -> None:
     name = signal.Signals(signum).name
     if Current.command == "run":
-        pipeline = sys.modules.get("alignloop.flows.pipeline")
-        stage = getattr(pipeline, "current_stage", None)
+        from alignloop.flows import pipeline  # already imported: `run` is running it
+
+        stage = pipeline.current_stage
         where = f" during stage {stage}" if stage else ""
         line = f"alignloop: interrupted ({name}){where}; finished stages are kept, run again to resume"
     elif Current.command == "stage" and Current.stage:
@@ -123,14 +117,14 @@ def _report_failure(exc: BaseException) -> None:
         _interrupted(signum)
     if isinstance(exc, ConfigError):
         fail(str(exc), 2)
-    if type(exc).__name__ == "StageError":  # a stage of `alignloop run` failed: judged by its cause
+    if isinstance(exc, StageError):  # a stage of `alignloop run` failed: judged by its cause
         cause = exc.__cause__
         if isinstance(cause, ConfigError):
             fail(str(cause), 2)
-        if cause is None or _is_user_error(cause):
+        if cause is not None and is_user_error(cause):
             fail(str(exc), 1)
         _unexpected(exc, str(exc))
-    if _is_user_error(exc):
+    if is_user_error(exc):
         fail(str(exc), 1)
     _unexpected(exc)
 

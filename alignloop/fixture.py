@@ -37,6 +37,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from alignloop import fixture_text
+from alignloop.errors import InputError
 from alignloop.io import atomic_path
 
 # Policy special tokens, Qwen/ChatML style: EOS (also pad) is not the end-of-turn token.
@@ -100,10 +101,10 @@ def build_fixture(root: Path, seed: int = 0, num_train: int = 240, num_eval: int
     pool = fixture_text.prompt_pool()
     num_fresh = num_train - fixture_text.PLANTED_TRAIN_ROWS
     if num_fresh < 1 or num_eval < fixture_text.NUM_LEAKED:
-        raise ValueError(f"num_train must be >= {fixture_text.PLANTED_TRAIN_ROWS + 1} "
+        raise InputError(f"num_train must be >= {fixture_text.PLANTED_TRAIN_ROWS + 1} "
                          f"and num_eval >= {fixture_text.NUM_LEAKED} (got {num_train}, {num_eval})")
     if num_fresh + num_eval > len(pool):
-        raise ValueError(f"num_train + num_eval too large: only {len(pool)} distinct prompts exist")
+        raise InputError(f"num_train + num_eval too large: only {len(pool)} distinct prompts exist")
 
     rng = random.Random(seed)
     tokenizer = _train_tokenizer(fixture_text.corpus())

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from alignloop.errors import InputError, MissingInputError
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -44,7 +46,7 @@ def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-class DamagedFileError(ValueError):
+class DamagedFileError(InputError):
     """A JSON or JSONL artifact that does not parse: the message names the file and the line."""
 
 
@@ -74,7 +76,7 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing (run the stage that writes it first)")
+        raise MissingInputError(f"{path}: missing (run the stage that writes it first)")
     rows = []
     try:
         with path.open(encoding="utf-8") as handle:

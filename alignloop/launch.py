@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from alignloop.config import Config
+from alignloop.errors import UserError
 from alignloop.paths import Layout
 
 # Stages that train, hence can run under accelerate; the others always run in the pipeline's process.
@@ -34,7 +35,7 @@ class LaunchedStageError(RuntimeError):
     """The launched stage failed with an error nobody expected (its message names it)."""
 
 
-class LaunchedStageUserError(ValueError):
+class LaunchedStageUserError(UserError, ValueError):
     """The launched stage refused its input or diverged: the message says what to change."""
 
 

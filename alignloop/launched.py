@@ -39,8 +39,9 @@ def main(argv: list[str]) -> int:
     if os.environ.get(PARENT_PID_ENV):
         _exit_when_orphaned(int(os.environ[PARENT_PID_ENV]))
     from alignloop import environment
-    from alignloop.cli_errors import _is_user_error, console_logging
+    from alignloop.cli_errors import console_logging
     from alignloop.config import Config
+    from alignloop.errors import is_user_error
     from alignloop.paths import Layout
     from alignloop.tasks.optimize import run_optimize
     from alignloop.tasks.sft import run_sft
@@ -54,7 +55,7 @@ def main(argv: list[str]) -> int:
         cfg = Config.model_validate(json.loads(Path(config_json).read_text()))
         stages[stage](cfg, Layout(Path(root)), int(iteration))
     except Exception as exc:  # noqa: BLE001 - reported to the pipeline's process, which raises it
-        report = {"type": type(exc).__name__, "message": str(exc), "user_error": _is_user_error(exc),
+        report = {"type": type(exc).__name__, "message": str(exc), "user_error": is_user_error(exc),
                   "traceback": traceback.format_exc()}
         (Path(errors) / f"rank-{rank}.json").write_text(json.dumps(report))
     # Exit 0 even so: the pipeline's process reads the report, and torchrun would add a page of its own about a

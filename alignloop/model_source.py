@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from alignloop.config import Config, ConfigError
+from alignloop.errors import MissingInputError
 from alignloop.io import read_json
 from alignloop.models.gguf import is_gguf
 from alignloop.paths import Layout
@@ -96,7 +97,7 @@ def model_dir(name_or_path: str, key: str, layout: Layout) -> Path:
     if is_local(name_or_path, layout.root):
         return local_model_dir(name_or_path, layout.root, key)
     if not layout.model_record.is_file():
-        raise FileNotFoundError(f"{layout.model_record}: missing (run the prepare stage first; it downloads "
+        raise MissingInputError(f"{layout.model_record}: missing (run the prepare stage first; it downloads "
                                 f"{name_or_path})")
     return Path(read_json(layout.model_record)[key])
 

@@ -11,6 +11,8 @@ import json
 import re
 from pathlib import Path
 
+from alignloop.errors import InputError
+
 _BLANK = re.compile(r"\s*")
 _CUT_ESCAPE = 6  # a `\u` escape (6 characters) cut by the end of the file is reported up to 6 characters early
 
@@ -22,7 +24,7 @@ def _read_text(path: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
         if error.reason != "unexpected end of data":
-            raise ValueError(f"{path}: not UTF-8 text ({error})") from error
+            raise InputError(f"{path}: not UTF-8 text ({error})") from error
         return data[:error.start].decode("utf-8")
 
 
@@ -45,7 +47,7 @@ def read_sharegpt(path: str | Path) -> tuple[list[dict], int]:
     skipped = 0
     position = _BLANK.match(text).end()
     if text[position:position + 1] != "[":
-        raise ValueError(f"{path}: not a JSON list of records, so no complete record")
+        raise InputError(f"{path}: not a JSON list of records, so no complete record")
     position += 1
     while True:
         # 1) between records: the end of the list, or the end of a file cut between two records
@@ -57,21 +59,21 @@ def read_sharegpt(path: str | Path) -> tuple[list[dict], int]:
             record, position = decoder.raw_decode(text, position)
         except json.JSONDecodeError as error:
             if not _cut_by_end_of_file(error, text):
-                raise ValueError(f"{path}: record {len(records) + 1} is malformed at character {error.pos}: "
+                raise InputError(f"{path}: record {len(records) + 1} is malformed at character {error.pos}: "
                                  f"{error.msg}") from error
             skipped = 1
             break
         if not isinstance(record, dict):
-            raise ValueError(f"{path}: record {len(records) + 1} is a {type(record).__name__}, not an object")
+            raise InputError(f"{path}: record {len(records) + 1} is a {type(record).__name__}, not an object")
         records.append(record)
         # 3) after a record: a comma, the end of the list, or the end of a cut file
         position = _BLANK.match(text, position).end()
         if text[position:position + 1] == ",":
             position += 1
         elif position < len(text) and text[position] != "]":
-            raise ValueError(f"{path}: expected ',' or ']' after record {len(records)} at character {position}")
+            raise InputError(f"{path}: expected ',' or ']' after record {len(records)} at character {position}")
     if not records:
-        raise ValueError(f"{path}: no complete record")
+        raise InputError(f"{path}: no complete record")
     return records, skipped
 
 

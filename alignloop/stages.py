@@ -14,6 +14,7 @@ from typing import Callable
 
 from alignloop.code_graph import code_files
 from alignloop.config import Config
+from alignloop.errors import InputError
 from alignloop.model_source import base_model_deps, gguf_source_deps, policy_deps, ranker_deps, reward_init_deps
 from alignloop.paths import Layout, eval_split_names
 
@@ -222,7 +223,7 @@ def plan(cfg: Config) -> list[tuple[Stage, int]]:
 
 def check_iteration(stage: Stage, cfg: Config, iteration: int) -> None:
     if stage.per_iteration and not (0 <= iteration <= cfg.iterations):
-        raise ValueError(f"stage {stage.name}: iteration must be in 0..{cfg.iterations} (params iterations), "
+        raise InputError(f"stage {stage.name}: iteration must be in 0..{cfg.iterations} (params iterations), "
                          f"got {iteration}")
     if stage.per_iteration and iteration == 0 and stage.name != "benchmark":
-        raise ValueError(f"stage {stage.name} runs in iterations 1..{cfg.iterations}; iteration 0 is SFT")
+        raise InputError(f"stage {stage.name} runs in iterations 1..{cfg.iterations}; iteration 0 is SFT")

@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from alignloop.errors import InputError
+
 log = logging.getLogger(__name__)
 
 FAMILIES = ("ifeval", "ifbench")
@@ -163,13 +165,13 @@ def _build_checker(family: str, instruction_id: str, kwargs: dict) -> tuple[Any,
     kwargs leave to chance."""
     checker_class = registry(family).get(instruction_id)
     if checker_class is None:
-        raise ValueError(f"{instruction_id!r} is not a {family} instruction")
+        raise InputError(f"{instruction_id!r} is not a {family} instruction")
     with _global_random_seeded(_CHECK_SEED):
         checker = checker_class(instruction_id)
         try:
             description = checker.build_description(**_stored_kwargs(kwargs))
         except Exception as error:  # a kwargs problem (bad row), not a response problem: say which
-            raise ValueError(f"{family} {instruction_id!r} cannot be built from kwargs {kwargs}: {error}") from error
+            raise InputError(f"{family} {instruction_id!r} cannot be built from kwargs {kwargs}: {error}") from error
     return checker, description
 
 

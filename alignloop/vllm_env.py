@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from alignloop.config import Config
+from alignloop.errors import MissingInputError
 
 # Where scripts/setup_vllm.sh puts the environment: next to the package's checkout.
 DEFAULT_ENV = Path(__file__).resolve().parents[1] / ".venv-vllm"
@@ -19,7 +20,7 @@ def vllm_python(cfg: Config, root: Path = Path(".")) -> Path:
     `.venv-vllm`."""
     python = root / cfg.vllm.python if cfg.vllm.python else DEFAULT_ENV / "bin" / "python"
     if not python.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"vllm.python: no vLLM environment at {python}; create it with scripts/setup_vllm.sh (vLLM runs in its "
             "own environment) or point vllm.python at one")
     return python

@@ -62,6 +62,8 @@ def test_fixture_into_a_file_is_one_line(tmp_path: Path) -> None:
     ("alignloop.tasks.optimize:NonFiniteLossError", 1, "error: stage prepare (iteration 0): cannot load"),
     ("alignloop.models.training:NonFiniteWeightsError", 1, "error: stage prepare (iteration 0): cannot load"),
     ("alignloop.config:ConfigError", 2, "error: cannot load"),
+    ("alignloop.errors:InputError", 1, "error: stage prepare (iteration 0): cannot load"),
+    ("alignloop.errors:MissingInputError", 1, "error: stage prepare (iteration 0): cannot load"),
 ])
 def test_stage_known_errors_are_one_line(tmp_path: Path, error: str, code: int, expected: str) -> None:
     project = make_project(tmp_path / "project")
@@ -73,12 +75,16 @@ def test_stage_known_errors_are_one_line(tmp_path: Path, error: str, code: int, 
     assert not (project / ".alignloop" / "logs").exists()  # a known error needs no traceback
 
 
-def test_stage_unexpected_error_is_one_line_and_a_log(tmp_path: Path) -> None:
+@pytest.mark.parametrize("error, message", [
+    ("builtins:AttributeError", "'NoneType' object has no attribute 'shape'"),
+    # A ValueError from alignloop's own code is a bug, not bad input: only the UserError family is (issue 26)
+    ("builtins:ValueError", "too many values to unpack (expected 2)"),
+    ("builtins:FileNotFoundError", "artifacts/iter-1/pairs.jsonl"),  # no errno: raised by code, not the OS
+])
+def test_stage_unexpected_error_is_one_line_and_a_log(tmp_path: Path, error: str, message: str) -> None:
     project = make_project(tmp_path / "project")
-    env = raising_env(tmp_path, project, "alignloop.tasks.prepare:run_prepare", "builtins:AttributeError",
-                      "'NoneType' object has no attribute 'shape'")
-    _assert_unexpected(run_cli(["stage", "prepare"], project, env),
-                       "AttributeError: 'NoneType' object has no attribute 'shape'")
+    env = raising_env(tmp_path, project, "alignloop.tasks.prepare:run_prepare", error, message)
+    _assert_unexpected(run_cli(["stage", "prepare"], project, env), f"{error.split(':')[1]}: {message}")
 
 
 def test_log_dir_falls_back_to_a_temporary_directory(tmp_path: Path, monkeypatch) -> None:
@@ -115,6 +121,6 @@ def test_failing_run_ends_with_one_line_and_no_prefect_traceback(diverged_run) -
 @pytest.mark.slow
 def test_unexpected_error_inside_a_run_names_the_stage_and_the_log(tmp_path: Path) -> None:
     project = make_project(tmp_path / "project")
-    env = raising_env(tmp_path, project, "alignloop.tasks.prepare:run_prepare", "builtins:KeyError", "boom")
-    log = _assert_unexpected(run_cli(["run"], project, env), "stage prepare failed: KeyError: 'boom'")
+    env = raising_env(tmp_path, project, "alignloop.tasks.prepare:run_prepare", "builtins:ValueError", "boom")
+    log = _assert_unexpected(run_cli(["run"], project, env), "stage prepare failed: ValueError: boom")
     assert log.parent == project / ".alignloop" / "logs" and "-run-" in log.name

@@ -20,6 +20,7 @@ from prefect.context import TaskRunContext
 from alignloop import cache
 from alignloop.config import Config, load_config
 from alignloop.dvcfile import commit_stages, write_dvc_yaml
+from alignloop.errors import MissingInputError, StageError
 from alignloop.io import write_json
 from alignloop.iteration_rows import iteration_rows
 from alignloop.paths import Layout
@@ -29,10 +30,6 @@ from alignloop.stages import STAGES, Stage, check_iteration, iteration_stages, p
 from alignloop.tracking import Tracker
 
 log = logging.getLogger(__name__)
-
-
-class StageError(RuntimeError):
-    """A stage failed; the message names the stage, the iteration and the cause."""
 
 
 # The stage this process is running (its key, e.g. `optimize-1`), None between stages: an interrupt names it.
@@ -94,8 +91,8 @@ def run_step(stage: Stage, iteration: int, run: RunState) -> None:
     check_iteration(stage, cfg, iteration)
     try:
         key = cache.cache_key(stage, cfg, layout, iteration)
-    except FileNotFoundError as exc:
-        raise StageError(f"{_where(stage.name, iteration)} cannot start: {exc}") from None
+    except MissingInputError as exc:
+        raise StageError(f"{_where(stage.name, iteration)} cannot start: {exc}") from exc
     fresh = not _reads_any(stage, cfg, layout, iteration, run.written) and cache.is_fresh(stage, cfg, layout,
                                                                                           iteration, key)
     runner = stage_task.with_options(refresh_cache=not fresh, retries=cfg.pipeline.retries.get(stage.name, 0),

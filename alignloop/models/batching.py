@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Hashable, Sequence
 from typing import TypeVar
 
+from alignloop.errors import NonFiniteError
 from alignloop.progress import progress
 
 Item = TypeVar("Item")
@@ -29,4 +30,4 @@ def check_finite(values: Sequence[float], labels: Sequence[str], what: str, unit
     `{what} for {count} {unit} (e.g. {label})`."""
     bad = [label for label, value in zip(labels, values) if not math.isfinite(value)]
     if bad:
-        raise ValueError(f"{what} for {len(bad)} {unit} (e.g. {bad[0]})")
+        raise NonFiniteError(f"{what} for {len(bad)} {unit} (e.g. {bad[0]})")

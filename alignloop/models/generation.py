@@ -13,11 +13,12 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from alignloop.errors import InputError
 from alignloop.models.policy import stop_token_ids
 from alignloop.progress import progress
 
 
-class PromptTooLongError(ValueError):
+class PromptTooLongError(InputError):
     pass
 
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from alignloop.errors import InputError
 from alignloop.models.generation import prompt_token_ids
 
 
@@ -20,7 +21,7 @@ class Tokenized:
     response_ids: list[int]
 
 
-class SequenceTooLongError(ValueError):
+class SequenceTooLongError(InputError):
     pass
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from transformers import AutoTokenizer, DebertaV2Config, DebertaV2Model, PreTrainedTokenizerBase
 
 from alignloop.config import ConfigError
+from alignloop.errors import InputError
 from alignloop.model_source import read_model_config
 from alignloop.models.batching import batched_by_length, check_finite
 from alignloop.models.device import resolve_device
@@ -153,7 +154,7 @@ class PairRMRanker:
         positions, offset = [], 0
         for segment, prefix_id in zip(segments, self.prefix_ids):
             if prefix_id not in segment:
-                raise ValueError(f"pairrm: prefix token {prefix_id} was cut off (max_length {self.max_length})")
+                raise InputError(f"pairrm: prefix token {prefix_id} was cut off (max_length {self.max_length})")
             positions.append(offset + segment.index(prefix_id))
             offset += len(segment)
         return [token for segment in segments for token in segment], positions

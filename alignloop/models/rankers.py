@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from alignloop.config import JUDGE_NAMES, Config
+from alignloop.errors import InputError
 from alignloop.testbed.scorer import gold_score
 
 
@@ -28,7 +29,7 @@ class GoldRanker:
     def score(self, prompts: list[dict], responses: list[list[str]]) -> list[list[float]]:
         missing = [row["prompt_id"] for row in prompts if "answer" not in row]
         if missing:
-            raise ValueError(f"rank.ranker=gold needs testbed prompts with answers; {len(missing)} lack one "
+            raise InputError(f"rank.ranker=gold needs testbed prompts with answers; {len(missing)} lack one "
                              f"(e.g. {missing[0]})")
         return [[gold_score(row["answer"], text) for text in texts] for row, texts in zip(prompts, responses)]
 
@@ -46,7 +47,7 @@ class VerifierRanker:
 
         missing = [row["prompt_id"] for row in prompts if "instruction_id_list" not in row]
         if missing:
-            raise ValueError(f"rank.ranker=verifier needs prompts with constraints (data.sharegpt); {len(missing)} "
+            raise InputError(f"rank.ranker=verifier needs prompts with constraints (data.sharegpt); {len(missing)} "
                              f"have none recorded (e.g. {missing[0]})")
         return [[check_response(row["constraint_family"], row["instruction_id_list"], row["kwargs"], text)
                  if row["instruction_id_list"] else [] for text in texts]

@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrai
 from alignloop import stop_points
 from alignloop.config import ModelConfig
 from alignloop.config_reward import RewardConfig
+from alignloop.errors import InputError, NonFiniteError
 from alignloop.models.batching import batched_by_length
 from alignloop.models.device import resolve_device
 from alignloop.models.policy import DTYPES, ModelLoadError
@@ -44,7 +45,7 @@ DROPOUT_FIELDS = ("attention_dropout", "hidden_dropout", "attn_pdrop", "resid_pd
                   "hidden_dropout_prob", "attention_probs_dropout_prob")
 
 
-class NonFiniteRewardLossError(FloatingPointError):
+class NonFiniteRewardLossError(NonFiniteError):
     pass
 
 
@@ -179,7 +180,7 @@ def train_reward_model(init_dir: str | Path, tokenizer: PreTrainedTokenizerBase,
     needed by MetaRM). `denoise=False` trains plain BT (no SimCSE, no MetaRM): an ensemble member.
     Head initialisation and data order come from `seed` alone."""
     if not pairs:
-        raise ValueError(f"{description}: no preference pairs to train on")
+        raise InputError(f"{description}: no preference pairs to train on")
     settings = rcfg if denoise else rcfg.model_copy(update={"denoising": "none", "contrastive_weight": 0.0,
                                                             "metarm": False})
     if settings.denoising != "none" and strength is None:

@@ -14,12 +14,13 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignloop.config import LoraConfig
+from alignloop.errors import NonFiniteError
 from alignloop.io import atomic_path
 
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class NonFiniteWeightsError(FloatingPointError):
+class NonFiniteWeightsError(NonFiniteError):
     pass
 
 

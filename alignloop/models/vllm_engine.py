@@ -23,6 +23,7 @@ from transformers import AutoConfig, GenerationConfig, PreTrainedTokenizerBase
 
 from alignloop import vllm_worker  # imported only to be part of the stages' code version: it runs in vLLM's env
 from alignloop.config import Config
+from alignloop.errors import InputError
 from alignloop.models.device import resolve_device
 from alignloop.models.generation import (
     Generation,
@@ -44,7 +45,7 @@ class VllmError(RuntimeError):
     """vLLM could not run the stage's generation (its log names why)."""
 
 
-class StalePolicyError(ValueError):
+class StalePolicyError(InputError):
     """The engine generated from other weights than the policy the stage depends on."""
 
 

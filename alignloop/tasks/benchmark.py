@@ -21,6 +21,7 @@ from statistics import mean
 import torch
 
 from alignloop.config import Config
+from alignloop.errors import NonFiniteError
 from alignloop.io import atomic_path, read_jsonl, write_json, write_jsonl
 from alignloop.methods.length_control import length_controlled_win_rate
 from alignloop.model_source import policy_dir, ranker_model_dir
@@ -216,7 +217,8 @@ def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
                                                                all_baseline_lengths)
     bad = [key for key, value in metrics.items() if not math.isfinite(value)]
     if bad and any(key.split("/")[-1].startswith(("greedy_", "sampled_")) for key in bad):
-        raise ValueError(f"benchmark iteration {iteration}: non-finite {bad[0]} (the judge or the policy is broken)")
+        raise NonFiniteError(f"benchmark iteration {iteration}: non-finite {bad[0]} (the judge or the policy is "
+                             "broken)")
     metrics = {key: (round(value, 6) if math.isfinite(value) else None) for key, value in metrics.items()}
     write_jsonl(layout.benchmark_outputs(iteration), outputs)
     if bench.alpaca_eval:

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from alignloop.config import Config
+from alignloop.errors import InputError, NonFiniteError
 from alignloop.io import atomic_path, read_jsonl, write_json, write_jsonl
 from alignloop.model_source import policy_dir
 from alignloop.models.cfn import CFNHead, ReplayBuffer, bonuses, pseudo_counts, train_cfn
@@ -58,8 +59,8 @@ def check_bonuses(bonus: torch.Tensor, counts: torch.Tensor, iteration: int) -> 
     """inf/NaN bonuses would turn COPO's term into NaN at the first optimize step: stop here, naming the stage."""
     bad = int((~torch.isfinite(bonus)).sum() + (~torch.isfinite(counts)).sum())
     if bad:
-        raise ValueError(f"cfn iteration {iteration}: {bad} non-finite bonuses or pseudo-counts; nothing was saved. "
-                         "Lower cfn.learning_rate")
+        raise NonFiniteError(f"cfn iteration {iteration}: {bad} non-finite bonuses or pseudo-counts; nothing was "
+                             "saved. Lower cfn.learning_rate")
 
 
 def run_cfn(cfg: Config, layout: Layout, iteration: int) -> None:
@@ -67,7 +68,7 @@ def run_cfn(cfg: Config, layout: Layout, iteration: int) -> None:
     model, tokenizer = load_policy(policy_dir(cfg, layout, iteration - 1), cfg.model)
     samples, pairs = read_jsonl(layout.samples(iteration)), read_jsonl(layout.pairs(iteration))
     if not samples:
-        raise ValueError(f"cfn: {layout.samples(iteration)} has no samples")
+        raise InputError(f"cfn: {layout.samples(iteration)} has no samples")
 
     def features_of(rows: list[tuple[str, list[int]]]) -> torch.Tensor:
         sequences = tokenize_ids(tokenizer, rows, cfg.model.max_length)

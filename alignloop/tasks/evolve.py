@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from typing import Callable
 
 from alignloop.config import Config
+from alignloop.errors import InputError
 from alignloop.io import read_jsonl, write_json, write_jsonl
 from alignloop.methods.creator import informativeness, mix, select_seeds, validate
 from alignloop.model_source import policy_dir
@@ -35,7 +36,7 @@ def prompt_scores(prompts: list[dict], score_rows: list[dict], metric: str) -> l
         rewards[row["prompt_id"]].append(row["score"])
     missing = [row["prompt_id"] for row in prompts if not rewards[row["prompt_id"]]]
     if missing:
-        raise ValueError(f"evolve: {len(missing)} prompts have no scored responses (e.g. {missing[0]}); "
+        raise InputError(f"evolve: {len(missing)} prompts have no scored responses (e.g. {missing[0]}); "
                          "re-run the rank stage")
     return [informativeness(rewards[row["prompt_id"]], metric) for row in prompts]
 
@@ -117,7 +118,7 @@ def solvable_check(cfg: Config) -> Callable[[dict], str | None]:
 def run_evolve(cfg: Config, layout: Layout, iteration: int) -> None:
     prompts = read_jsonl(layout.prompts(iteration))
     if not prompts:
-        raise ValueError(f"evolve: {layout.prompts(iteration)} has no prompts")
+        raise InputError(f"evolve: {layout.prompts(iteration)} has no prompts")
     scores = prompt_scores(prompts, read_jsonl(layout.scores(iteration)), cfg.evolve.informativeness)
     rng = random.Random(derive_seed(cfg.seed, "evolve", iteration))
     seed_indices = select_seeds(scores, cfg.evolve.seed_fraction, cfg.evolve.selection, rng)

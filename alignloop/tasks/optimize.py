@@ -25,6 +25,7 @@ import torch
 
 from alignloop import stop_points
 from alignloop.config import Config, OptimizeConfig
+from alignloop.errors import InputError, NonFiniteError
 from alignloop.io import atomic_path, read_jsonl, write_json
 from alignloop.model_source import policy_dir
 from alignloop.models.device import resolve_device
@@ -62,7 +63,7 @@ from alignloop.progress import progress
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(NonFiniteError):
     pass
 
 
@@ -89,7 +90,7 @@ def prompted_fits(pairs: list[Pair], prompted: list[Pair], max_length: int) -> t
                          len(p[1].response_ids) == len(q[1].response_ids) for p, q in zip(prompted, pairs)])
     if fits.sum() * 2 < len(pairs):
         longest = max(len(p[0].prompt_ids) for p in prompted)
-        raise ValueError(
+        raise InputError(
             f"optimize.refinement_prompt leaves too little room: {len(pairs) - int(fits.sum())} of {len(pairs)} pairs "
             f"would have a response cut to fit model.max_length ({max_length}; prompted prompts take up to {longest} "
             "tokens). Shorten optimize.refinement_prompt or raise model.max_length")
@@ -101,7 +102,7 @@ def load_exploration(cfg: Config, layout: Layout, iteration: int, pairs_rows: li
     by_pair = {row["pair_id"]: row for row in read_jsonl(layout.cfn_bonuses(iteration))}
     missing = [row["pair_id"] for row in pairs_rows if row["pair_id"] not in by_pair]
     if missing:
-        raise ValueError(f"optimize.exploration=copo: {len(missing)} pairs have no bonus in "
+        raise InputError(f"optimize.exploration=copo: {len(missing)} pairs have no bonus in "
                          f"{layout.cfn_bonuses(iteration)} (e.g. {missing[0]}); re-run the cfn stage")
     rows = [by_pair[row["pair_id"]] for row in pairs_rows]
     responses = tokenize_ids(tokenizer, [(pair["prompt"], row["explore_ids"]) for pair, row in zip(pairs_rows, rows)],
@@ -170,7 +171,7 @@ def accumulation_steps(opt: OptimizeConfig, processes: int, num_pairs: int) -> i
     batch has the same size, `batch_size` or all the pairs when there are fewer; accelerate steps the optimizer only
     after exactly this many."""
     if opt.batch_size % processes:
-        raise ValueError(f"optimize.batch_size ({opt.batch_size}) must be a multiple of the number of training "
+        raise InputError(f"optimize.batch_size ({opt.batch_size}) must be a multiple of the number of training "
                          f"processes ({processes}), so that every process takes an equal share of each batch")
     local = min(opt.batch_size, num_pairs) // processes
     return len(micro_batches(list(range(local)), opt.micro_batch_size))
@@ -216,7 +217,7 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
         return
 
     if accelerator.num_processes > 1 and len(pairs_rows) < opt.batch_size:
-        raise ValueError(f"optimize iteration {iteration}: {len(pairs_rows)} pairs, fewer than optimize.batch_size "
+        raise InputError(f"optimize iteration {iteration}: {len(pairs_rows)} pairs, fewer than optimize.batch_size "
                          f"({opt.batch_size}); with {accelerator.num_processes} processes every batch must be full. "
                          "Lower optimize.batch_size or sample more prompts")
 

@@ -12,6 +12,7 @@ import math
 from collections import defaultdict
 
 from alignloop.config import Config
+from alignloop.errors import NonFiniteError
 from alignloop.io import read_jsonl, write_json, write_jsonl
 from alignloop.methods.pairing import build_pairs
 from alignloop.model_source import ranker_model_dir
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 def check_scores(score_lists: list[list[float]], prompts: list[dict], ranker: str) -> None:
     bad = [row["prompt_id"] for row, scores in zip(prompts, score_lists) if not all(map(math.isfinite, scores))]
     if bad:
-        raise ValueError(f"rank: ranker {ranker} gave non-finite scores for {len(bad)} prompts (e.g. {bad[0]})")
+        raise NonFiniteError(f"rank: ranker {ranker} gave non-finite scores for {len(bad)} prompts (e.g. {bad[0]})")
 
 
 def run_rank(cfg: Config, layout: Layout, iteration: int) -> None:

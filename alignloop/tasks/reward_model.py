@@ -20,6 +20,7 @@ import torch
 
 from alignloop.config import Config, ModelConfig
 from alignloop.config_reward import RewardConfig
+from alignloop.errors import InputError
 from alignloop.io import atomic_path, read_jsonl, write_json, write_jsonl
 from alignloop.methods.pairing import build_pairs
 from alignloop.model_source import policy_dir, reward_init_dir
@@ -69,7 +70,7 @@ def testbed_pairs(cfg: Config, layout: Layout) -> tuple[list[dict], dict[str, li
     pool = read_jsonl(layout.train_prompts)
     count = min(len(pool), rcfg.num_prompts + rcfg.eval_prompts)
     if count < 2:
-        raise ValueError(f"reward_model: the prompt pool has {len(pool)} prompts; it needs at least 2 (one to train "
+        raise InputError(f"reward_model: the prompt pool has {len(pool)} prompts; it needs at least 2 (one to train "
                          "on, one held out)")
     prompts = pool[len(pool) - count:]
     held = min(rcfg.eval_prompts, count // 2)
@@ -152,7 +153,7 @@ def run_reward_model(cfg: Config, layout: Layout) -> None:
     train_rows = [row for row in rows if row["split"] == "train"]
     eval_rows = [row for row in rows if row["split"] == "eval"]
     if not train_rows or not eval_rows:
-        raise ValueError(f"reward_model: {len(train_rows)} training and {len(eval_rows)} held-out pairs; both must "
+        raise InputError(f"reward_model: {len(train_rows)} training and {len(eval_rows)} held-out pairs; both must "
                          "be non-empty (more prompts, or fewer ties)")
     pad_id = tokenizer.pad_token_id
     train_pairs = encode_pairs(tokenizer, train_rows, cfg.model.max_length)

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from alignloop.config import Config
+from alignloop.errors import InputError
 from alignloop.io import read_jsonl, write_jsonl
 from alignloop.model_source import policy_dir
 from alignloop.models.generation import Generation, derive_seed, generate
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 def prompts_for_iteration(pool: list[dict], iteration: int, count: int) -> list[dict]:
     """Iteration i takes the next `count` prompts of the pool, wrapping around; fresh prompts each iteration."""
     if not pool:
-        raise ValueError("the training prompt pool is empty")
+        raise InputError("the training prompt pool is empty")
     start = (iteration - 1) * count
     return [pool[(start + offset) % len(pool)] for offset in range(min(count, len(pool)))]
 
@@ -30,7 +31,7 @@ def iteration_prompts(cfg: Config, layout: Layout, iteration: int) -> list[dict]
         return prompts_for_iteration(read_jsonl(source), iteration, cfg.sample.num_prompts)
     rows = read_jsonl(source)
     if not rows:
-        raise ValueError(f"{source} is empty; re-run evolve {iteration - 1}")
+        raise InputError(f"{source} is empty; re-run evolve {iteration - 1}")
     return rows
 
 

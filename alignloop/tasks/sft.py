@@ -18,6 +18,7 @@ from datasets import Dataset
 
 from alignloop import stop_points
 from alignloop.config import Config
+from alignloop.errors import InputError, NonFiniteError
 from alignloop.io import read_jsonl, write_json
 from alignloop.model_source import base_model_dir
 from alignloop.models.device import resolve_device
@@ -50,7 +51,7 @@ def sft_dataset(rows: list[dict], tokenizer, max_length: int) -> Dataset:
             input_ids.append(ids)
             labels.append(label)
     if not input_ids:
-        raise ValueError(f"sft: no demonstration has a response token within model.max_length ({max_length})")
+        raise InputError(f"sft: no demonstration has a response token within model.max_length ({max_length})")
     return Dataset.from_dict({"input_ids": input_ids, "labels": labels})
 
 
@@ -58,7 +59,7 @@ def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]  # the template already wrote the special tokens
 
 
-class NonFiniteSFTLossError(FloatingPointError):
+class NonFiniteSFTLossError(NonFiniteError):
     pass
 
 
@@ -121,11 +122,11 @@ def run_sft(cfg: Config, layout: Layout) -> Path:
 
     out_dir = layout.policy(0)
     if not cfg.sft.enabled:
-        raise ValueError("sft.enabled is false: policy 0 is the base model itself, there is nothing to train")
+        raise InputError("sft.enabled is false: policy 0 is the base model itself, there is nothing to train")
     start = base_model_dir(cfg, layout)
     rows = read_jsonl(layout.sft_data)
     if not rows:
-        raise ValueError(f"{layout.sft_data}: no demonstrations")
+        raise InputError(f"{layout.sft_data}: no demonstrations")
     device = process_device(resolve_device(cfg.model.device))
     model, tokenizer = load_policy(start, cfg.model, device)
     model.train()

@@ -13,6 +13,8 @@ import string
 from dataclasses import dataclass, field
 from typing import Callable
 
+from alignloop.errors import InputError
+
 LETTERS = string.ascii_lowercase
 UPPER = string.ascii_uppercase
 DIGITS = string.digits
@@ -124,7 +126,7 @@ def sample_chain(depth: int, dist: Distribution, rng: random.Random) -> tuple[st
         chain = tuple(rng.choice(dist.skills) for _ in range(depth))
         if allowed_chain(chain, held_out_only=False):
             return chain
-    raise ValueError(f"no allowed chain of depth {depth} over skills {dist.skills}")
+    raise InputError(f"no allowed chain of depth {depth} over skills {dist.skills}")
 
 
 def make_task(skills: tuple[str, ...], text: str, rng: random.Random) -> Task:
@@ -140,7 +142,7 @@ def sample_task(dist: Distribution, rng: random.Random) -> Task:
         answer = solve(chain, text)
         if answer and answer != text:
             return make_task(chain, text, rng)
-    raise ValueError(f"could not draw a non-trivial task from {dist}")
+    raise InputError(f"could not draw a non-trivial task from {dist}")
 
 
 def sample_tasks(dist: Distribution, count: int, seed: int, exclude: set[str] | None = None) -> list[Task]:
@@ -152,7 +154,7 @@ def sample_tasks(dist: Distribution, count: int, seed: int, exclude: set[str] | 
     while len(tasks) < count:
         attempts += 1
         if attempts > 50 * count + 1000:
-            raise ValueError(f"only {len(tasks)} distinct tasks of {count} could be drawn from {dist}")
+            raise InputError(f"only {len(tasks)} distinct tasks of {count} could be drawn from {dist}")
         task = sample_task(dist, rng)
         if task.prompt not in seen:
             seen.add(task.prompt)
