@@ -11,6 +11,7 @@ import torch
 from alignloop import cache
 from alignloop.cache import run_stage
 from alignloop.config import parse_config
+from alignloop.errors import NonFiniteError
 from alignloop.models.training import NonFiniteWeightsError, save_policy
 from alignloop.paths import Layout
 from alignloop.stages import STAGES
@@ -57,11 +58,12 @@ def test_saving_non_finite_weights_writes_nothing(tmp_path):
 
 def test_non_finite_bonuses_and_scores_name_their_stage():
     check_bonuses(torch.ones(3), torch.ones(3), 2)
-    with pytest.raises(ValueError, match="cfn iteration 2: 2 non-finite bonuses or pseudo-counts"):
+    with pytest.raises(NonFiniteError, match="cfn iteration 2: 2 non-finite bonuses or pseudo-counts"):
         check_bonuses(torch.tensor([1.0, math.nan]), torch.tensor([math.inf, 1.0]), 2)
     prompts = [{"prompt_id": "a"}, {"prompt_id": "b"}]
     check_scores([[0.1, 0.2], [0.3, -1.0]], prompts, "reward_model")
-    with pytest.raises(ValueError, match=r"rank: ranker reward_model gave non-finite scores for 1 prompts \(e.g. b\)"):
+    message = r"rank: ranker reward_model gave non-finite scores for 1 prompts \(e.g. b\)"
+    with pytest.raises(NonFiniteError, match=message):
         check_scores([[0.1, 0.2], [math.nan, -1.0]], prompts, "reward_model")
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from alignloop.config import ConfigError
+from alignloop.errors import NonFiniteError
 from alignloop.models.pairrm import PairRMRanker, check_pairrm, format_pair, scores_from_matrix
 
 DATA = Path(__file__).parent / "data"
@@ -104,7 +105,7 @@ def test_prefix_text_in_a_response_cannot_move_the_read_positions(ranker):
 
 def test_non_finite_logits_name_the_prompt(ranker, monkeypatch):
     monkeypatch.setattr(ranker, "forward_batch", lambda items: [float("nan")] * len(items))
-    with pytest.raises(ValueError, match="non-finite.*prompt p1"):
+    with pytest.raises(NonFiniteError, match="non-finite.*prompt p1"):
         ranker.score(PROMPTS, RESPONSES)
 
 

@@ -14,6 +14,7 @@ import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from alignloop.config import ConfigError
+from alignloop.errors import NonFiniteError
 from alignloop.models.policy import ModelLoadError
 from alignloop.models.reward_model import RewardModelRanker, check_reward_model
 from alignloop.testbed.tokenizer import build_tokenizer
@@ -116,7 +117,7 @@ def test_non_finite_scores_are_refused(rm_dir):
     broken = RewardModelRanker(rm_dir, device="cpu")
     with torch.no_grad():
         broken.model.score.weight.fill_(float("nan"))
-    with pytest.raises(ValueError, match=r"non-finite scores for 2 responses \(e.g. prompt p0\)"):
+    with pytest.raises(NonFiniteError, match=r"non-finite scores for 2 responses \(e.g. prompt p0\)"):
         broken.score([{"prompt_id": "p0", "prompt": "hi"}], [["a", "b"]])
 
 
