@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from alignloop.config_data import VERIFIABLE_EVAL_SETS, ConstraintSetConfig, ShareGPTConfig
-from alignloop.models.generation import derive_seed
 from alignloop.prompt_data import DataError, prompt_id
 from alignloop.resources import resolve_file
+from alignloop.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,6 @@ including the first stop token): decoding and re-encoding is not exact for BPE t
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from alignloop.errors import InputError
 from alignloop.models.policy import stop_token_ids
 from alignloop.progress import progress
+from alignloop.seeds import derive_seed
 
 
 class PromptTooLongError(InputError):
@@ -33,11 +33,6 @@ class Generation:
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
-
-
-def derive_seed(*parts: object) -> int:
-    """A 31-bit seed from any parts (base seed, stage, iteration, batch...)."""
-    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
 def prompt_token_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:

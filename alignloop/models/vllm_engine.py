@@ -30,10 +30,10 @@ from alignloop.models.generation import (
     check_prompt_lengths,
     config_positions,
     cut_at_stop,
-    derive_seed,
     prompt_token_ids,
 )
 from alignloop.models.policy import policy_hash, stop_ids
+from alignloop.seeds import derive_seed
 from alignloop.vllm_env import vllm_python
 
 WORKER = Path(vllm_worker.__file__)

@@ -30,7 +30,6 @@ from alignloop.io import atomic_path, read_jsonl, write_json
 from alignloop.model_source import policy_dir
 from alignloop.models.device import resolve_device
 from alignloop.models.distributed import make_accelerator, mean_over_processes, sharded, trained_model
-from alignloop.models.generation import derive_seed
 from alignloop.models.logprobs import collate, sequence_logps, to_device, tokenize_ids
 from alignloop.models.losses import LOSSES, LossParams
 from alignloop.models.objective import (
@@ -59,6 +58,7 @@ from alignloop.models.training import (
 )
 from alignloop.paths import Layout
 from alignloop.progress import progress
+from alignloop.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from alignloop.methods.pairing import build_pairs
 from alignloop.model_source import ranker_model_dir
 from alignloop.models.rankers import build_ranker
 from alignloop.paths import Layout
+from alignloop.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ def run_rank(cfg: Config, layout: Layout, iteration: int) -> None:
     check_scores(score_lists, prompts, cfg.rank.ranker)
     scores_by_prompt = {row["prompt_id"]: scores for row, scores in zip(prompts, score_lists)}
     pairs, dropped = build_pairs(prompts, samples_by_prompt, scores_by_prompt, cfg.rank.drop_unfinished,
-                                 cfg.rank.pair_rule, cfg.rank.min_score_gap, seed=cfg.seed + iteration)
+                                 cfg.rank.pair_rule, cfg.rank.min_score_gap,
+                                 seed=derive_seed(cfg.seed, "rank", iteration))
 
     write_jsonl(layout.scores(iteration), (
         {"prompt_id": row["prompt_id"], "sample_index": index, "score": score, "ranker": cfg.rank.ranker}

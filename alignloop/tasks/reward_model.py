@@ -24,13 +24,14 @@ from alignloop.errors import InputError
 from alignloop.io import atomic_path, read_jsonl, write_json, write_jsonl
 from alignloop.methods.pairing import build_pairs
 from alignloop.model_source import policy_dir, reward_init_dir
-from alignloop.models.generation import derive_seed, generate
+from alignloop.models.generation import generate
 from alignloop.models.policy import load_policy, load_tokenizer
 from alignloop.models.reward_losses import preference_strength
 from alignloop.models.reward_model import encode_pair
 from alignloop.models.reward_training import pair_margins, restore_dropout, train_reward_model
 from alignloop.models.training import save_policy
 from alignloop.paths import Layout
+from alignloop.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
