@@ -28,7 +28,6 @@ import typer
 from alignloop.config import ConfigError
 from alignloop.errors import StageError, is_user_error
 
-LOG_DIR = Path(".alignloop") / "logs"
 _KEEP_LOGS = 50
 _MAX_LINE = 2000
 
@@ -61,7 +60,9 @@ def _say(line: str, code: int) -> None:
 
 def log_dir(root: Path) -> Path:
     """`.alignloop/logs` in the project, or a temporary directory when the project cannot be written."""
-    for directory in (root / LOG_DIR, Path(tempfile.gettempdir()) / f"alignloop-logs-{os.getuid()}"):
+    from alignloop.paths import Layout
+
+    for directory in (Layout(root).logs, Path(tempfile.gettempdir()) / f"alignloop-logs-{os.getuid()}"):
         try:
             directory.mkdir(parents=True, exist_ok=True)
             if os.access(directory, os.W_OK):

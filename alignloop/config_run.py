@@ -3,6 +3,7 @@ engine's settings (`vllm:`), the launcher and retries (`pipeline:`), and schedul
 
 from __future__ import annotations
 
+import pkgutil
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -29,7 +30,16 @@ class VllmConfig(Section):
     saves there), compiled on GPUs."""
 
 
-STAGE_NAMES = ("prepare", "sft", "reward_model", "sample", "rank", "evolve", "cfn", "optimize", "benchmark", "report")
+def _task_modules() -> tuple[str, ...]:
+    """The stages' names: each stage is one module in alignloop/tasks/ (stages.STAGES declares what it reads and
+    writes). Read from the package's folder, so validating params imports no stage code and a new stage is not
+    spelled here again."""
+    import alignloop.tasks
+
+    return tuple(sorted(module.name for module in pkgutil.iter_modules(alignloop.tasks.__path__)))
+
+
+STAGE_NAMES = _task_modules()
 
 
 class PipelineConfig(Section):

@@ -9,6 +9,7 @@ import types
 from pathlib import Path
 
 from alignloop import stop_points
+from alignloop.paths import Layout
 
 
 def configure(root: Path) -> None:
@@ -26,7 +27,7 @@ def configure(root: Path) -> None:
         "DVC_NO_ANALYTICS": "1",
         "TOKENIZERS_PARALLELISM": "false",
         # Digests of large weight files, reused across runs while their size and mtime are unchanged.
-        "ALIGNLOOP_DIGEST_STORE": str(root / ".alignloop" / "digests.json"),
+        "ALIGNLOOP_DIGEST_STORE": str(Layout(root).digest_store),
         "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     }
     for key, value in defaults.items():

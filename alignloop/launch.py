@@ -24,8 +24,6 @@ from alignloop.config import Config
 from alignloop.errors import UserError
 from alignloop.paths import Layout
 
-# Stages that train, hence can run under accelerate; the others always run in the pipeline's process.
-LAUNCHED_STAGES = ("sft", "optimize")
 PARENT_PID_ENV = "ALIGNLOOP_PARENT_PID"
 
 log = logging.getLogger(__name__)
@@ -92,7 +90,7 @@ def _failure(errors: Path, code: int, stage: str) -> Exception:
 
 def run_launched(stage: str, cfg: Config, layout: Layout, iteration: int) -> None:
     """Run `stage` under `accelerate launch` and wait; raises with the stage's own message if it failed."""
-    scratch = layout.root / ".alignloop" / "launch"
+    scratch = layout.launch_scratch
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch, prefix=f"{stage}-{iteration}-") as tmp:
         config_json, errors = Path(tmp) / "config.json", Path(tmp) / "errors"

@@ -43,17 +43,14 @@ def main(argv: list[str]) -> int:
     from alignloop.config import Config
     from alignloop.errors import is_user_error
     from alignloop.paths import Layout
-    from alignloop.tasks.optimize import run_optimize
-    from alignloop.tasks.sft import run_sft
-
-    stages = {"sft": lambda cfg, layout, i: run_sft(cfg, layout), "optimize": run_optimize}
+    from alignloop.stages import STAGES
 
     environment.configure(Path(root))
     console_logging()
     rank = int(os.environ.get("RANK", "0"))
     try:
         cfg = Config.model_validate(json.loads(Path(config_json).read_text()))
-        stages[stage](cfg, Layout(Path(root)), int(iteration))
+        STAGES[stage].run_here(cfg, Layout(Path(root)), int(iteration))
     except Exception as exc:  # noqa: BLE001 - reported to the pipeline's process, which raises it
         report = {"type": type(exc).__name__, "message": str(exc), "user_error": is_user_error(exc),
                   "traceback": traceback.format_exc()}

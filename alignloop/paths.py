@@ -79,28 +79,28 @@ class Layout:
         return self.artifacts / "sft"
 
     @property
-    def reward(self) -> Path:
+    def reward_outputs(self) -> Path:
         """The `reward_model` stage's output: model/, pairs.jsonl, stats.json, train_log.json (written as one)."""
         return self.artifacts / "reward_model"
 
     @property
     def reward_model(self) -> Path:
         """The trained reward model: a one-label sequence classifier with its tokenizer."""
-        return self.reward / "model"
+        return self.reward_outputs / "model"
 
     @property
     def reward_pairs(self) -> Path:
         """Its training and held-out pairs, with the ensemble's preference strength (and, on the testbed, which
         labels were flipped)."""
-        return self.reward / "pairs.jsonl"
+        return self.reward_outputs / "pairs.jsonl"
 
     @property
     def reward_stats(self) -> Path:
-        return self.reward / "stats.json"
+        return self.reward_outputs / "stats.json"
 
     @property
     def reward_train_log(self) -> Path:
-        return self.reward / "train_log.json"
+        return self.reward_outputs / "train_log.json"
 
     def iteration(self, i: int) -> Path:
         return self.sft if i == 0 else self.artifacts / f"iter-{i}"
@@ -162,10 +162,35 @@ class Layout:
         """Greedy responses per evaluation set in AlpacaEval's format, for external evaluators."""
         return self.iteration(i) / "alpaca_eval"
 
-    # .alignloop/: bookkeeping of which stage outputs are complete (see cache.py); not an artifact
+    # .alignloop/: the project's bookkeeping, never an artifact
+    @property
+    def state(self) -> Path:
+        return self.root / ".alignloop"
+
     @property
     def stamps(self) -> Path:
-        return self.root / ".alignloop" / "stamps"
+        """Which stage outputs are complete, and from which cache key (cache.py)."""
+        return self.state / "stamps"
+
+    @property
+    def logs(self) -> Path:
+        """Each command's log, tracebacks included; vLLM's engine logs."""
+        return self.state / "logs"
+
+    @property
+    def run_lock(self) -> Path:
+        """Held by the one process that runs stages here (run_lock.py)."""
+        return self.state / "run.lock"
+
+    @property
+    def launch_scratch(self) -> Path:
+        """A launched stage's config and error reports, while it runs (launch.py)."""
+        return self.state / "launch"
+
+    @property
+    def digest_store(self) -> Path:
+        """Digests of large files, reused while their size and mtime are unchanged (digests.py)."""
+        return self.state / "digests.json"
 
     # reports/
     @property

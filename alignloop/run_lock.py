@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from alignloop.config import ConfigError
+from alignloop.paths import Layout
 
 
 class RunLockedError(ConfigError):
@@ -23,7 +24,7 @@ class RunLockedError(ConfigError):
 
 
 def lock_path(root: Path) -> Path:
-    return root / ".alignloop" / "run.lock"
+    return Layout(root).run_lock
 
 
 def _alive(pid: int) -> bool:

@@ -8,9 +8,10 @@ The plan of a run is `prepare → sft → [reward_model] → benchmark 0 → (sa
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from alignloop.code_graph import code_files
 from alignloop.config import Config
@@ -21,13 +22,29 @@ from alignloop.paths import Layout, eval_split_names
 
 @dataclass(frozen=True)
 class Stage:
+    """One stage, declared once. Its work is `run_<name>` in `alignloop/tasks/<name>.py`, called as
+    `run_<name>(cfg, layout, iteration)`, or `(cfg, layout)` for a stage that runs once per run."""
     name: str
-    run: Callable[..., None]  # (cfg, layout, iteration) -> None; global stages ignore the iteration
     params: tuple[str, ...] | Callable[[Config], tuple[str, ...]]  # params.yaml keys the stage reads
     deps: Callable[[Layout, Config, int], list[Path]]
     outs: Callable[[Layout, Config, int], list[Path]]
     metrics: Callable[[Layout, Config, int], list[Path]] = lambda layout, cfg, i: []
     per_iteration: bool = True
+    launchable: bool = False  # trains, so `pipeline.launcher: accelerate` runs it in accelerate's processes
+
+    def run(self, cfg: Config, layout: Layout, iteration: int) -> None:
+        """The stage's work: in accelerate's processes when it is launchable and the run says so, else here."""
+        if self.launchable and cfg.pipeline.launcher == "accelerate":
+            from alignloop.launch import run_launched
+
+            run_launched(self.name, cfg, layout, iteration)
+        else:
+            self.run_here(cfg, layout, iteration)
+
+    def run_here(self, cfg: Config, layout: Layout, iteration: int) -> None:
+        """The stage's work in this process (what a launched process calls)."""
+        task = getattr(importlib.import_module(f"alignloop.tasks.{self.name}"), f"run_{self.name}")
+        task(cfg, layout, iteration) if self.per_iteration else task(cfg, layout)
 
     def params_of(self, cfg: Config) -> tuple[str, ...]:
         return self.params(cfg) if callable(self.params) else self.params
@@ -38,62 +55,6 @@ class Stage:
 
     def key(self, iteration: int) -> str:
         return f"{self.name}-{iteration}" if self.per_iteration else self.name
-
-
-def _prepare(cfg, layout, i):
-    from alignloop.tasks.prepare import run_prepare
-    run_prepare(cfg, layout)
-
-
-def _sft(cfg, layout, i):
-    if cfg.pipeline.launcher == "accelerate":
-        from alignloop.launch import run_launched
-        return run_launched("sft", cfg, layout, i)
-    from alignloop.tasks.sft import run_sft
-    run_sft(cfg, layout)
-
-
-def _reward_model(cfg, layout, i):
-    from alignloop.tasks.reward_model import run_reward_model
-    run_reward_model(cfg, layout)
-
-
-def _sample(cfg, layout, i):
-    from alignloop.tasks.sample import run_sample
-    run_sample(cfg, layout, i)
-
-
-def _rank(cfg, layout, i):
-    from alignloop.tasks.rank import run_rank
-    run_rank(cfg, layout, i)
-
-
-def _evolve(cfg, layout, i):
-    from alignloop.tasks.evolve import run_evolve
-    run_evolve(cfg, layout, i)
-
-
-def _cfn(cfg, layout, i):
-    from alignloop.tasks.cfn import run_cfn
-    run_cfn(cfg, layout, i)
-
-
-def _optimize(cfg, layout, i):
-    if cfg.pipeline.launcher == "accelerate":
-        from alignloop.launch import run_launched
-        return run_launched("optimize", cfg, layout, i)
-    from alignloop.tasks.optimize import run_optimize
-    run_optimize(cfg, layout, i)
-
-
-def _benchmark(cfg, layout, i):
-    from alignloop.tasks.benchmark import run_benchmark
-    run_benchmark(cfg, layout, i)
-
-
-def _report(cfg, layout, i):
-    from alignloop.tasks.report import run_report
-    run_report(cfg, layout)
 
 
 def _evolver_deps(layout: Layout, cfg: Config, i: int) -> list[Path]:
@@ -163,40 +124,40 @@ def _report_deps(layout: Layout, cfg: Config, i: int) -> list[Path]:
 
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
-    Stage("prepare", _prepare, _prepare_params,  # a GGUF model's file, unless inside a package (machine-specific path)
+    Stage("prepare", _prepare_params,  # a GGUF model's file, unless inside a package (machine-specific path)
           deps=lambda layout, cfg, i: gguf_source_deps(cfg, layout),
           outs=lambda layout, cfg, i: [layout.data], per_iteration=False),
-    Stage("sft", _sft, ("seed", "model", "sft"),
+    Stage("sft", ("seed", "model", "sft"),
           deps=lambda layout, cfg, i: [layout.sft_data, *base_model_deps(cfg, layout)],
-          outs=lambda layout, cfg, i: [layout.policy(0), layout.train_log(0)], per_iteration=False),
-    Stage("reward_model", _reward_model, _reward_params,
-          deps=_reward_deps, outs=lambda layout, cfg, i: [layout.reward], per_iteration=False),
-    Stage("sample", _sample, ("seed", "sample", "model"),
+          outs=lambda layout, cfg, i: [layout.policy(0), layout.train_log(0)], per_iteration=False, launchable=True),
+    Stage("reward_model", _reward_params,
+          deps=_reward_deps, outs=lambda layout, cfg, i: [layout.reward_outputs], per_iteration=False),
+    Stage("sample", ("seed", "sample", "model"),
           deps=lambda layout, cfg, i: [layout.sample_prompts(i, cfg.evolve.enabled), *policy_deps(cfg, layout, i - 1)],
           outs=lambda layout, cfg, i: [layout.prompts(i), layout.samples(i)]),
-    Stage("rank", _rank, _rank_params,
+    Stage("rank", _rank_params,
           deps=lambda layout, cfg, i: [layout.prompts(i), layout.samples(i), *ranker_deps(cfg, layout)],
           outs=lambda layout, cfg, i: [layout.scores(i), layout.pairs(i), layout.rank_stats(i)]),
-    Stage("evolve", _evolve, ("seed", "evolve", "sample", "model"),
+    Stage("evolve", ("seed", "evolve", "sample", "model"),
           deps=lambda layout, cfg, i: [*(layout.prompts(k) for k in range(1, i + 1)), layout.scores(i),
                                        *_eval_sets(layout, cfg), *policy_deps(cfg, layout, i - 1),
                                        *_evolver_deps(layout, cfg, i)],
           outs=lambda layout, cfg, i: [layout.next_prompts(i), layout.evolve_stats(i)]),
-    Stage("cfn", _cfn, ("seed", "cfn", "sample", "model"),
+    Stage("cfn", ("seed", "cfn", "sample", "model"),
           deps=lambda layout, cfg, i: [layout.samples(i), layout.pairs(i), *policy_deps(cfg, layout, i - 1),
                                        *_previous_buffer(layout, cfg, i)],
           outs=lambda layout, cfg, i: [layout.cfn(i)]),
-    Stage("optimize", _optimize, ("seed", "optimize", "model"),
+    Stage("optimize", ("seed", "optimize", "model"),
           deps=lambda layout, cfg, i: [layout.pairs(i), *policy_deps(cfg, layout, i - 1),
                                        *_reference_deps(layout, cfg, i), *_bonus_deps(layout, cfg, i)],
-          outs=lambda layout, cfg, i: [layout.policy(i), layout.train_log(i)]),
-    Stage("benchmark", _benchmark, ("seed", "benchmark", "rank", "model"),
+          outs=lambda layout, cfg, i: [layout.policy(i), layout.train_log(i)], launchable=True),
+    Stage("benchmark", ("seed", "benchmark", "rank", "model"),
           deps=lambda layout, cfg, i: [*policy_deps(cfg, layout, i), *_eval_sets(layout, cfg),
                                        *([layout.benchmark_outputs(0), *policy_deps(cfg, layout, 0)] if i > 0 else []),
                                        *ranker_deps(cfg, layout)],
           outs=_benchmark_outs,
           metrics=lambda layout, cfg, i: [layout.metrics(i)]),
-    Stage("report", _report, ("iterations", "sft", "reward", "evolve", "optimize", "rank"),
+    Stage("report", ("iterations", "sft", "reward", "evolve", "optimize", "rank"),
           deps=_report_deps, outs=lambda layout, cfg, i: [layout.iterations_table, layout.report_plots],
           per_iteration=False),
 )}
@@ -213,12 +174,27 @@ def iteration_stages(cfg: Config, iteration: int) -> tuple[str, ...]:
     return ("sample", "rank", *evolve, *cfn, "optimize", "benchmark")
 
 
-def plan(cfg: Config) -> list[tuple[Stage, int]]:
-    """Every (stage, iteration) of a run, in an order that respects their dependencies."""
-    steps = [(STAGES["prepare"], 0)]
-    for iteration in range(cfg.iterations + 1):
-        steps += [(STAGES[name], iteration) for name in iteration_stages(cfg, iteration)]
-    return steps + [(STAGES["report"], 0)]
+@dataclass(frozen=True)
+class Plan:
+    """Every (stage, iteration) of a run, in an order that respects their dependencies: `first` (prepare), each
+    iteration's stages (0: SFT, the reward model, the start's benchmark), then `last` (report). Iterating it yields
+    the (stage, iteration) pairs in that order; the flow, `dvc.yaml` and the clean-up after a failure walk it."""
+    first: tuple[Stage, ...]
+    iterations: tuple[tuple[Stage, ...], ...]
+    last: tuple[Stage, ...]
+
+    def __iter__(self) -> Iterator[tuple[Stage, int]]:
+        yield from ((stage, 0) for stage in self.first)
+        for iteration, stages in enumerate(self.iterations):
+            yield from ((stage, iteration) for stage in stages)
+        yield from ((stage, 0) for stage in self.last)
+
+
+def plan(cfg: Config) -> Plan:
+    return Plan(first=(STAGES["prepare"],),
+                iterations=tuple(tuple(STAGES[name] for name in iteration_stages(cfg, iteration))
+                                 for iteration in range(cfg.iterations + 1)),
+                last=(STAGES["report"],))
 
 
 def check_iteration(stage: Stage, cfg: Config, iteration: int) -> None:

@@ -25,8 +25,10 @@ def _literal(model, field: str) -> tuple[str, ...]:
     return get_args(model.model_fields[field].annotation)
 
 
-def test_stage_names_are_the_registry_in_order():
-    assert STAGE_NAMES == tuple(STAGES)
+def test_every_stage_is_one_task_module_and_one_registry_entry():
+    assert set(STAGE_NAMES) == set(STAGES) and len(STAGE_NAMES) == len(STAGES) == 10
+    for stage in STAGES.values():  # what Stage.run_here calls
+        assert callable(getattr(__import__(f"alignloop.tasks.{stage.name}", fromlist=["_"]), f"run_{stage.name}"))
 
 
 def test_loss_names_match_the_registry_and_the_params_comment():

@@ -26,7 +26,7 @@ from alignloop.iteration_rows import iteration_rows
 from alignloop.paths import Layout
 from alignloop.report_html import write_report_html
 from alignloop.schedule import scheduled_iterations, set_iterations
-from alignloop.stages import STAGES, Stage, check_iteration, iteration_stages, plan
+from alignloop.stages import STAGES, Plan, Stage, check_iteration, plan
 from alignloop.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,16 @@ def _given_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
 
 @dataclass
 class RunState:
-    """What one pipeline run holds while it walks the plan: the config read once, the outputs recomputed so far
-    (what reads them runs again), and every finished stage with its status and seconds."""
+    """What one pipeline run holds while it walks its plan (`stages.plan(cfg)`): the config read once, the outputs
+    recomputed so far (what reads them runs again), and every finished stage with its status and seconds."""
     cfg: Config
     layout: Layout
     written: list[Path] = field(default_factory=list)
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    plan: Plan = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.plan = plan(self.cfg)
 
 
 # The run this process is executing (one per process: the run lock keeps others out of the project). Subflows and
@@ -112,7 +116,7 @@ def run_step(stage: Stage, iteration: int, run: RunState) -> None:
 def iteration_flow(iteration: int) -> dict[str, dict[str, Any]]:
     """The iteration's stages in order; returns their status and seconds (the subflow's result in Prefect)."""
     run = _active()
-    stages = [STAGES[name] for name in iteration_stages(run.cfg, iteration)]
+    stages = run.plan.iterations[iteration]
     for stage in stages:
         run_step(stage, iteration, run)
     return {stage.key(iteration): run.steps[stage.key(iteration)] for stage in stages}
@@ -149,12 +153,14 @@ def _pipeline(params_path: str, root: str, cfg: Config | None) -> dict[str, Any]
 
     run = _run = RunState(cfg, layout)
     try:
-        run_step(STAGES["prepare"], 0, run)
+        for stage in run.plan.first:
+            run_step(stage, 0, run)
         with Tracker(cfg, layout).pipeline() as tracker:
-            for iteration in range(cfg.iterations + 1):
+            for iteration in range(len(run.plan.iterations)):
                 iteration_flow(iteration)
                 tracker.log_iteration(iteration)
-            run_step(STAGES["report"], 0, run)
+            for stage in run.plan.last:
+                run_step(stage, 0, run)
             _sync_dvc(cfg, layout, run)
             summary = {
                 "iterations": [{"iteration": row["iteration"], "metrics": row["metrics"]}
@@ -166,7 +172,7 @@ def _pipeline(params_path: str, root: str, cfg: Config | None) -> dict[str, Any]
             tracker.log_report(write_report_html(cfg, layout, summary))
     except BaseException:
         try:
-            for stage, iteration in plan(cfg):  # what a stopped stage left half-written (atomic_path cleans its own)
+            for stage, iteration in run.plan:  # what a stopped stage left half-written (atomic_path cleans its own)
                 cache.remove_scratch(stage, cfg, layout, iteration)
             _sync_dvc(cfg, layout, run)  # the stages that finished before the failure are recorded for `dvc repro`
         except Exception as exc:  # noqa: BLE001 - never hide the failure that stopped the run

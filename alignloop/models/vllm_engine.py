@@ -33,6 +33,7 @@ from alignloop.models.generation import (
     prompt_token_ids,
 )
 from alignloop.models.policy import policy_hash, stop_ids
+from alignloop.paths import Layout
 from alignloop.seeds import derive_seed
 from alignloop.vllm_env import vllm_python
 
@@ -84,7 +85,7 @@ def vllm_generate(cfg: Config, root: Path, model_dir: Path, tokenizer: PreTraine
                   jobs: list[GenerationJob]) -> list[list[list[Generation]]]:
     """Every job's generations (per prompt, per sample), from one vLLM engine on `model_dir`; the engine's log goes
     to the project's `.alignloop/logs/`."""
-    python, model_dir, log_dir = vllm_python(cfg, root), Path(model_dir).resolve(), root / ".alignloop" / "logs"
+    python, model_dir, log_dir = vllm_python(cfg, root), Path(model_dir).resolve(), Layout(root).logs
     stop_ids = stop_ids_of(model_dir, tokenizer)
     max_positions = config_positions(AutoConfig.from_pretrained(model_dir), cfg.model.max_length)
     requests = [_job_request(job, tokenizer, stop_ids, max_positions) for job in jobs]

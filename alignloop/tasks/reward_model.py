@@ -198,7 +198,7 @@ def run_reward_model(cfg: Config, layout: Layout) -> None:
                   "margin": round(train_margins[k].item(), 6)} for k, row in enumerate(train_rows)]
     pair_rows += [{**row, "margin": round(eval_margins[k].item(), 6)} for k, row in enumerate(eval_rows)]
     restore_dropout(final.model, init, cfg.model)
-    with atomic_path(layout.reward) as tmp:
+    with atomic_path(layout.reward_outputs) as tmp:
         save_policy(final.model, tokenizer, tmp / layout.reward_model.name, "reward model")
         write_jsonl(tmp / layout.reward_pairs.name, pair_rows)
         write_json(tmp / layout.reward_stats.name, stats)
