@@ -28,21 +28,21 @@ PARAMS_OPTION = typer.Option("params.yaml", "--params", "-p", help="The run's pa
 
 def _setup(params: Path, check_files: bool = False, runs: bool = False) -> tuple[Config, Path]:
     """Validate params before any work: a bad key stops here with exit code 2; with `runs` (commands that run
-    stages) so does what this machine or the testbed makes impossible (alignloop/config_checks.py), and with
-    `check_files` a model, reward model or prompt file that cannot be used (alignloop/preflight.py)."""
+    stages) so does what this machine or the testbed makes impossible (alignloop/config/checks.py), and with
+    `check_files` a model, reward model or prompt file that cannot be used (alignloop/pipeline/preflight.py)."""
     root = params.resolve().parent
-    from alignloop import environment
+    from alignloop.pipeline import environment
 
     environment.configure(root)
     console_logging()
     try:
         cfg = load_config(params)
         if runs:
-            from alignloop.config_checks import check_runnable
+            from alignloop.config.checks import check_runnable
 
             check_runnable(cfg, root)
         if check_files:
-            from alignloop.preflight import preflight
+            from alignloop.pipeline.preflight import preflight
 
             preflight(cfg, root)
         return cfg, root
@@ -66,13 +66,13 @@ def run(params: Path = PARAMS_OPTION) -> None:
     """
     cfg, root = _setup(params, check_files=True, runs=True)
     log_to_file(root, "run")
-    from alignloop import environment
+    from alignloop.pipeline import environment
 
     environment.tie_prefect_server_to_this_process()
-    from alignloop.flows.pipeline import pipeline_flow
-    from alignloop.iteration_rows import format_table, iteration_rows, table_columns
     from alignloop.paths import Layout
-    from alignloop.run_lock import run_lock
+    from alignloop.pipeline.flow import pipeline_flow
+    from alignloop.pipeline.run_lock import run_lock
+    from alignloop.report.rows import format_table, iteration_rows, table_columns
 
     start = time.perf_counter()
     try:
@@ -131,8 +131,8 @@ def serve(params: Path = PARAMS_OPTION,
     if not os.environ.get("PREFECT_API_URL"):
         fail("scheduled runs need a Prefect server: run `prefect server start`, then "
               "`export PREFECT_API_URL=http://127.0.0.1:4200/api` and try again", 2)
-    from alignloop import environment
-    from alignloop.flows.pipeline import pipeline_flow
+    from alignloop.pipeline import environment
+    from alignloop.pipeline.flow import pipeline_flow
 
     environment.prepare_mlflow_store()
     pipeline_flow.serve(
@@ -149,10 +149,10 @@ def stage(name: str = typer.Argument(
           params: Path = PARAMS_OPTION) -> None:
     """Run one stage on its own (what `dvc repro` calls)."""
     cfg, root = _setup(params, check_files=name == "prepare", runs=True)
-    from alignloop.cache import run_stage
     from alignloop.paths import Layout
-    from alignloop.run_lock import run_lock
-    from alignloop.stages import STAGES
+    from alignloop.pipeline.cache import run_stage
+    from alignloop.pipeline.run_lock import run_lock
+    from alignloop.pipeline.stages import STAGES
 
     if name not in STAGES:
         fail(f"unknown stage {name!r}; stages are {', '.join(STAGES)}", 2)
@@ -167,7 +167,7 @@ def stage(name: str = typer.Argument(
             raise  # a bug: the command's handler says so, with the traceback in the log
         fail(f"stage {name} (iteration {iteration}): {exc}", 1)
     except KeyboardInterrupt:  # SIGINT / SIGTERM: what the stage left half-written goes (atomic_path cleans its own)
-        from alignloop import cache
+        from alignloop.pipeline import cache
 
         cache.remove_scratch(STAGES[name], cfg, Layout(root), iteration)
         raise
@@ -181,9 +181,9 @@ def report(params: Path = PARAMS_OPTION) -> None:
     per-iteration table."""
     cfg, root = _setup(params)
     from alignloop.io import DamagedFileError
-    from alignloop.iteration_rows import format_table, table_columns
     from alignloop.paths import Layout
-    from alignloop.report_html import write_report_html
+    from alignloop.report.html import write_report_html
+    from alignloop.report.rows import format_table, table_columns
     from alignloop.tasks.report import run_report
 
     layout = Layout(root)
@@ -205,7 +205,7 @@ def fixture(out_dir: Path = typer.Argument(..., help="Directory to build it in (
     """Build a small real-architecture setup to try the own-model path on a CPU in minutes: a Qwen2-style chat
     model with a byte-level BPE tokenizer (its end-of-turn token is not EOS), a one-label reward model with a chat
     template of its own, and UltraFeedback-style Parquet prompts (presets/own_model.yaml runs on it)."""
-    from alignloop.fixture import build_fixture
+    from alignloop.testbed.fixture import build_fixture
 
     built = build_fixture(out_dir, seed=seed)
     for name in ("policy", "reward_model", "train_prompts", "eval_prompts", "sft_data"):
@@ -222,7 +222,7 @@ def init(directory: Path = typer.Argument(..., help="The new project's directory
     `alignloop run`, `dvc repro`, `dvc status` and `dvc exp run -S key=value` work there from the first run."""
     import subprocess
 
-    from alignloop.project_init import init_project
+    from alignloop.pipeline.project_init import init_project
 
     try:
         cfg = init_project(directory, preset)
@@ -241,7 +241,7 @@ def dvc_yaml(params: Path = PARAMS_OPTION,
              check: bool = typer.Option(False, help="Exit 1 if dvc.yaml is not what params.yaml implies.")) -> None:
     """Write dvc.yaml (one stage per stage and iteration) for the iterations in params.yaml."""
     cfg, root = _setup(params)
-    from alignloop.dvcfile import render_dvc_yaml, write_dvc_yaml
+    from alignloop.pipeline.dvcfile import render_dvc_yaml, write_dvc_yaml
 
     if check:
         current = (root / "dvc.yaml").read_text(encoding="utf-8") if (root / "dvc.yaml").is_file() else ""

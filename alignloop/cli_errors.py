@@ -131,7 +131,7 @@ def _report_failure(exc: BaseException) -> None:
 
 
 def _interrupt_signal(exc: BaseException) -> int | None:
-    from alignloop import environment
+    from alignloop.pipeline import environment
 
     return environment.interrupt_signal(exc)
 
@@ -142,7 +142,7 @@ def command(name: str) -> Callable[[F], F]:
     def decorate(function: F) -> F:
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            from alignloop import environment
+            from alignloop.pipeline import environment
 
             params = kwargs.get("params")
             Current.command, Current.log, Current.stage = name, None, None

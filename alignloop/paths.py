@@ -16,7 +16,7 @@ EVAL_SPLITS = ("in_distribution", "harder", "unseen_composition")  # the testbed
 def eval_split_names(cfg: Config) -> tuple[str, ...]:
     """The evaluation sets of a run: the testbed's splits, or the names under `data.eval`."""
     if cfg.data.is_verifiable:
-        from alignloop.config_data import VERIFIABLE_EVAL_SETS
+        from alignloop.config.data import VERIFIABLE_EVAL_SETS
 
         return VERIFIABLE_EVAL_SETS
     return EVAL_SPLITS if cfg.data.is_testbed else tuple(cfg.data.eval)

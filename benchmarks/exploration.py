@@ -19,7 +19,7 @@ import statistics
 from pathlib import Path
 
 from alignloop.config import Config, load_config
-from alignloop.stages import iteration_stages
+from alignloop.pipeline.stages import iteration_stages
 
 from common import load_params, mean_std, run_pipeline
 

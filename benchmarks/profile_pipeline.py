@@ -138,10 +138,10 @@ def token_work(cfg, layout, stage: str, iteration: int) -> tuple[int, int]:
 
 
 def profile_run(params: dict, workdir: Path) -> list[dict]:
-    from alignloop import cache
     from alignloop.config import Config
     from alignloop.paths import Layout
-    from alignloop.stages import plan
+    from alignloop.pipeline import cache
+    from alignloop.pipeline.stages import plan
 
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     cfg, layout = Config.model_validate(params), Layout(workdir)

@@ -28,7 +28,7 @@ import yaml
 
 from alignloop.io import read_json, read_jsonl
 from alignloop.paths import Layout
-from alignloop.verification_metrics import accuracy_by_type
+from alignloop.verifiers.metrics import accuracy_by_type
 
 from common import mean_sd, project_env
 

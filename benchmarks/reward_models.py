@@ -62,11 +62,11 @@ def sft_project(workdir: Path, params: dict) -> Path:
 
 def accuracy_part(project: Path, params: dict, seeds: list[int], noises: list[float]) -> list[dict]:
     from alignloop.config import parse_config
-    from alignloop.model_source import reward_init_dir
     from alignloop.models.policy import load_tokenizer
     from alignloop.models.reward_training import pair_margins, train_reward_model
     from alignloop.paths import Layout
     from alignloop.seeds import derive_seed
+    from alignloop.sources.models import reward_init_dir
     from alignloop.tasks.reward_model import (
         accuracy,
         detection,

@@ -21,8 +21,8 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from alignloop.stop_points import MARKER, STOP_AT
-from alignloop.vllm_env import DEFAULT_ENV
+from alignloop.models.vllm_env import DEFAULT_ENV
+from alignloop.pipeline.stop_points import MARKER, STOP_AT
 
 import prefect_server
 
@@ -219,8 +219,8 @@ def start_cli(args: list[str], project: Path, **popen: Any) -> subprocess.Popen:
 
 
 class StoppedRun:
-    """`alignloop <args>` with the test hook on: the process stops at `point` (alignloop/stop_points.py) and waits
-    there, so whatever the test does next (a SIGKILL, SIGINT, SIGTERM) happens inside that point."""
+    """`alignloop <args>` with the test hook on: the process stops at `point` (alignloop/pipeline/stop_points.py) and
+    waits there, so whatever the test does next (a SIGKILL, SIGINT, SIGTERM) happens inside that point."""
 
     def __init__(self, project: Path, point: str, args: tuple[str, ...] = ("run",), **extra_env: str):
         self.point, self.args, self.project = point, args, project

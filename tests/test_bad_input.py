@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alignloop.fixture import build_fixture
+from alignloop.testbed.fixture import build_fixture
 
 from pipeline_helpers import REPO, merge, run_cli
 

@@ -1,4 +1,4 @@
-"""Digests, cache keys and code versions (alignloop/cache.py), driven through the real stage registry."""
+"""Digests, cache keys and code versions (alignloop/pipeline/cache.py), driven through the real stage registry."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import hashlib
 
 import pytest
 
-from alignloop.cache import (
+from alignloop.config import Config
+from alignloop.paths import Layout
+from alignloop.pipeline.cache import (
     cache_key,
     code_version,
     digest,
 )
-from alignloop.config import Config
-from alignloop.paths import Layout
-from alignloop.stages import STAGES
+from alignloop.pipeline.stages import STAGES
 
 from cache_helpers import rewrite, touch
 

@@ -120,8 +120,8 @@ def test_missing_bonuses_are_a_clear_error(tmp_path, sft_dir, small_testbed_data
 def test_cfn_runs_before_optimize_only_with_copo_and_chains_its_buffer(tmp_path):
     import yaml
 
-    from alignloop.dvcfile import render_dvc_yaml
-    from alignloop.stages import plan
+    from alignloop.pipeline.dvcfile import render_dvc_yaml
+    from alignloop.pipeline.stages import plan
 
     cfg = Config.model_validate({"iterations": 2, "optimize": {"exploration": "copo"}})
     keys = [stage.key(i) for stage, i in plan(cfg)]

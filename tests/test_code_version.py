@@ -1,4 +1,4 @@
-"""Code versions (alignloop/code_graph.py, cache.code_version): a stage's code is what its task imports, and
+"""Code versions (alignloop/pipeline/code_graph.py, cache.code_version): a stage's code is what its task imports, and
 editing any of it changes the stage's cache key."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from alignloop import code_graph
-from alignloop.cache import code_version
-from alignloop.code_graph import PACKAGE_DIR
-from alignloop.stages import STAGES
+from alignloop.pipeline import code_graph
+from alignloop.pipeline.cache import code_version
+from alignloop.pipeline.code_graph import PACKAGE_DIR
+from alignloop.pipeline.stages import STAGES
 
 from cache_helpers import rewrite, touch
 
@@ -30,14 +30,14 @@ def _fake_package(root: Path) -> None:
 
 
 def test_code_files_follow_the_task_imports(tmp_path, monkeypatch):
-    """A stage's code is what its task imports, transitively and inside functions too; config and progress bars
-    are not code versions (the params slice and nothing)."""
+    """A stage's code is what its task imports, transitively and inside functions too, config included (a default or
+    a metric name there changes what a stage writes); progress bars are not code versions."""
     _fake_package(tmp_path)
     monkeypatch.setattr(code_graph, "PACKAGE_DIR", tmp_path)
     code_graph.code_files.cache_clear()
     try:
         assert code_graph.code_files("alignloop.tasks.fake") == tuple(
-            tmp_path / module for module in ("io.py", "models/helper.py", "paths.py", "tasks/fake.py"))
+            tmp_path / module for module in ("config.py", "io.py", "models/helper.py", "paths.py", "tasks/fake.py"))
         with pytest.raises(ValueError, match="alignloop.tasks.missing"):
             code_graph.code_files("alignloop.tasks.missing")
     finally:
@@ -59,9 +59,11 @@ def test_code_version_hashes_module_contents(tmp_path, monkeypatch):
         edited = code_version(stage)
         assert edited != first  # ... and a helper module's content is part of it
         rewrite(tmp_path / "unrelated.py", b"# edited\n")
-        rewrite(tmp_path / "config.py", b"# edited\n")
         code_version.cache_clear()
         assert code_version(stage) == edited
+        rewrite(tmp_path / "config.py", b"# edited\n")
+        code_version.cache_clear()
+        assert code_version(stage) != edited  # e.g. a renamed judge renames the benchmark's metrics
     finally:
         code_graph.code_files.cache_clear()
         code_version.cache_clear()
@@ -70,7 +72,7 @@ def test_code_version_hashes_module_contents(tmp_path, monkeypatch):
 def test_optimize_code_paths_include_its_helpers():
     paths = STAGES["optimize"].code_paths()
     for module in ("models/losses.py", "models/logprobs.py", "models/policy.py", "models/generation.py",
-                   "tasks/optimize.py", "io.py", "paths.py"):
+                   "tasks/optimize.py", "io.py", "paths.py", "config/__init__.py"):
         assert PACKAGE_DIR / module in paths
 
 
@@ -84,38 +86,36 @@ def test_every_code_path_exists(name):
 def _alignloop_imports(path: Path) -> set[str]:
     modules = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("alignloop."):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("alignloop"):
             modules.add(node.module)
+            modules.update(f"{node.module}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Import):
             modules.update(alias.name for alias in node.names if alias.name.startswith("alignloop."))
     return modules
 
 
-# Root modules that cannot change a stage's results: progress bars, and a memo of sha256 digests.
-NOT_COMPUTING = ("progress", "digests")
+# Modules that cannot change a stage's results: progress bars, a memo of sha256 digests, the test hook.
+NOT_COMPUTING = ("alignloop.progress", "alignloop.pipeline.digests", "alignloop.pipeline.stop_points")
+
+
+def _file(module: str) -> Path | None:
+    base = PACKAGE_DIR.joinpath(*module.split(".")[1:])
+    return next((path for path in (base.with_suffix(".py"), base / "__init__.py") if path.is_file()), None)
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_code_paths_cover_every_computing_module_the_task_imports(name):
-    """Every module of alignloop reachable from the stage's task is hashed in its code version: tasks, models,
-    testbed, methods and root modules such as io.py (config*.py enter through the params slice; progress.py only draws
-    progress bars)."""
+    """Every module of alignloop reachable from the stage's task is hashed in its code version (tasks, models,
+    methods, testbed, config, sources, io.py, ...), except progress bars, the digest memo and the test hook. Walked
+    here independently of code_graph: `from alignloop.pipeline import cache` names a module too."""
     todo, seen = [f"alignloop.tasks.{name}"], set()
     while todo:
         module = todo.pop()
-        if module in seen:
+        if module in seen or module in NOT_COMPUTING:
             continue
         seen.add(module)
-        if module.split(".")[1].startswith("config"):  # params validation, not computation (the slice is hashed)
-            continue
-        path = PACKAGE_DIR.joinpath(*module.split(".")[1:]).with_suffix(".py")
-        if path.is_file():
+        path = _file(module)
+        if path is not None:
             todo.extend(_alignloop_imports(path))
-    def computing(module: str) -> bool:
-        top = module.split(".")[1]
-        if top in ("tasks", "models", "testbed", "methods"):
-            return True
-        return module.count(".") == 1 and top not in NOT_COMPUTING and not top.startswith("config")
-
-    needed = {PACKAGE_DIR.joinpath(*m.split(".")[1:]).with_suffix(".py") for m in seen if computing(m)}
+    needed = {path for module in seen if (path := _file(module)) is not None}
     assert needed - set(STAGES[name].code_paths()) == set()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from alignloop.config import Config, ConfigError, load_config, parse_config
-from alignloop.config_run import STAGE_NAMES
+from alignloop.config.run import STAGE_NAMES
 
 STAGE_LIST = ", ".join(STAGE_NAMES)  # the config names them in alphabetical order
 CLI_STAGE_LIST = "prepare, sft, reward_model, sample, rank, evolve, cfn, optimize, benchmark, report"  # pipeline order

@@ -61,7 +61,7 @@ def test_dvc_exp_run_sweeps_beta(tiny_run: Path, tmp_path: Path) -> None:
 
 
 def test_dvc_cache_links_unless_the_project_chose(tmp_path):
-    from alignloop.dvcfile import LINK_CACHE_TYPES, ensure_link_cache
+    from alignloop.pipeline.dvcfile import LINK_CACHE_TYPES, ensure_link_cache
 
     ensure_link_cache(tmp_path)  # not a DVC project: nothing happens
     assert not (tmp_path / ".dvc").exists()

@@ -10,13 +10,13 @@ import pytest
 from alignloop.config import ConfigError
 from alignloop.errors import InputError, MissingInputError, NonFiniteError, StageError, UserError, is_user_error
 from alignloop.io import DamagedFileError
-from alignloop.launch import LaunchedStageError, LaunchedStageUserError
 from alignloop.models.generation import PromptTooLongError
 from alignloop.models.logprobs import SequenceTooLongError
 from alignloop.models.policy import ModelLoadError
 from alignloop.models.training import NonFiniteWeightsError
-from alignloop.prompt_data import DataError
-from alignloop.run_lock import RunLockedError
+from alignloop.pipeline.launch import LaunchedStageError, LaunchedStageUserError
+from alignloop.pipeline.run_lock import RunLockedError
+from alignloop.sources.prompts import DataError
 from alignloop.tasks.optimize import NonFiniteLossError
 
 

@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from alignloop.config import Config
-from alignloop.dvcfile import render_dvc_yaml
 from alignloop.io import read_jsonl
 from alignloop.paths import Layout
-from alignloop.stages import plan
+from alignloop.pipeline.dvcfile import render_dvc_yaml
+from alignloop.pipeline.stages import plan
 
 from pipeline_helpers import ALIGNLOOP, continue_run, run, set_params, statuses
 

@@ -49,11 +49,11 @@ def test_stage_retries_come_from_params(prefect_harness, monkeypatch, tmp_path: 
                                         expect_success: bool) -> None:
     from prefect import flow
 
-    from alignloop import stages
     from alignloop.config import Config
     from alignloop.flows import pipeline
-    from alignloop.flows.pipeline import RunState, StageError, run_step
     from alignloop.paths import Layout
+    from alignloop.pipeline import stages
+    from alignloop.pipeline.flow import RunState, StageError, run_step
 
     calls = []
     out = tmp_path / "out.txt"

@@ -13,7 +13,7 @@ from datasets import load_dataset
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from alignloop.fixture import IM_END, REWARD_KEYWORDS, Fixture, build_fixture, main
+from alignloop.testbed.fixture import IM_END, REWARD_KEYWORDS, Fixture, build_fixture, main
 
 UF_COLUMNS = {"prompt", "prompt_id", "messages", "chosen", "rejected", "score_chosen", "score_rejected"}
 

@@ -18,11 +18,11 @@ import torch
 
 from alignloop.config import Config, ConfigError
 from alignloop.io import read_json, write_jsonl
-from alignloop.model_source import base_model_deps, base_model_dir, hub_models, is_local
 from alignloop.models.gguf import check_gguf, convert_gguf, gguf_architecture, is_gguf, readable_architectures
 from alignloop.paths import Layout
-from alignloop.resources import REAL_KIT_INSTALL, package_dir
-from alignloop.stages import STAGES
+from alignloop.pipeline.stages import STAGES
+from alignloop.sources.models import base_model_deps, base_model_dir, hub_models, is_local
+from alignloop.sources.resources import REAL_KIT_INSTALL, package_dir
 
 from pipeline_helpers import ALIGNLOOP, env_for, make_project
 

@@ -49,7 +49,7 @@ def _launched(project: Path) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter(["cmdline"]):
         cmdline = process.info["cmdline"] or []
-        if "alignloop.launched" in cmdline and str(project) in cmdline:
+        if "alignloop.pipeline.launch_worker" in cmdline and str(project) in cmdline:
             found.append(process)
     return found
 

@@ -12,14 +12,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignloop import digests
 from alignloop.config import Config
-from alignloop.fixture import build_fixture
 from alignloop.io import read_json, write_jsonl
-from alignloop.model_source import ModelSourceError, base_model_dir, is_local, policy_dir, resolve_model
 from alignloop.models.policy import load_policy
 from alignloop.paths import Layout
-from alignloop.stages import iteration_stages
+from alignloop.pipeline import digests
+from alignloop.pipeline.stages import iteration_stages
+from alignloop.sources.models import ModelSourceError, base_model_dir, is_local, policy_dir, resolve_model
+from alignloop.testbed.fixture import build_fixture
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from alignloop import cache
-from alignloop.cache import run_stage
 from alignloop.config import parse_config
 from alignloop.errors import NonFiniteError
 from alignloop.models.training import NonFiniteWeightsError, save_policy
 from alignloop.paths import Layout
-from alignloop.stages import STAGES
+from alignloop.pipeline import cache
+from alignloop.pipeline.cache import run_stage
+from alignloop.pipeline.stages import STAGES
 from alignloop.tasks.cfn import check_bonuses
 from alignloop.tasks.rank import check_scores
 from alignloop.tasks.sft import NonFiniteSFTLossError, check_logged_loss
@@ -68,7 +68,7 @@ def test_non_finite_bonuses_and_scores_name_their_stage():
 
 
 def test_reward_training_that_diverges_stops(tmp_path):
-    from alignloop.config_reward import RewardConfig
+    from alignloop.config.reward import RewardConfig
     from alignloop.models.reward_training import NonFiniteRewardLossError, train_reward_model
 
     cfg = parse_config(TINY)

@@ -11,7 +11,6 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from alignloop.config import Config, ModelConfig
-from alignloop.fixture import build_fixture
 from alignloop.models.distributed import make_accelerator
 from alignloop.models.generation import generate, prompt_token_ids
 from alignloop.models.losses import LOSSES
@@ -19,6 +18,7 @@ from alignloop.models.objective import NLLTerm, PreferenceTerm, ReferenceSums, s
 from alignloop.models.policy import load_policy, stop_token_ids
 from alignloop.models.training import adapter_disabled, save_policy, with_lora
 from alignloop.tasks.optimize import accumulation_steps, loss_params, tokenize_pairs, train_step
+from alignloop.testbed.fixture import build_fixture
 
 MODEL = ModelConfig(name_or_path="fixture", max_length=160)
 PROMPTS = ["Write a short note about rivers.", "List three facts about the moon.", "Explain tides to a child.",

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from alignloop.config import ConfigError
-from alignloop.config_data import DataConfig, PromptSetConfig
-from alignloop.prompt_data import DataError, _read, prepare_prompt_sets, prompt_id
+from alignloop.config.data import DataConfig, PromptSetConfig
+from alignloop.sources.prompts import DataError, _read, prepare_prompt_sets, prompt_id
 
 MAX_TOKENS = 20
 
@@ -112,7 +112,7 @@ def test_counts_of_every_filter(tmp_path, caplog):
     sft.append({**uf_row("p2"), "chosen": chat(("user", "p2"))})
     write(tmp_path / "sft.jsonl", sft)
 
-    with caplog.at_level(logging.INFO, logger="alignloop.prompt_data"):
+    with caplog.at_level(logging.INFO, logger="alignloop.sources.prompts"):
         files, stats = prepare(tmp_path, {"path": "train.parquet", "messages_column": "messages"},
                                {"alpha": {"path": "alpha.jsonl"}, "beta": {"path": "beta.parquet"}},
                                {"path": "sft.jsonl", "response_column": "chosen"})

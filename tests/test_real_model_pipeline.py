@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alignloop.resources import package_dir
+from alignloop.sources.resources import package_dir
 
 from pipeline_helpers import ALIGNLOOP, DVC, run, run_until_killed, set_params, snapshot, statuses
 

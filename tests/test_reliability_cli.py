@@ -38,13 +38,14 @@ def test_report_unexpected_error_is_one_line_and_a_log(tmp_path: Path) -> None:
 
 def test_dvc_yaml_unexpected_error_is_one_line(tmp_path: Path) -> None:
     project = make_project(tmp_path / "project")
-    env = raising_env(tmp_path, project, "alignloop.dvcfile:write_dvc_yaml", "builtins:RuntimeError", "disk on fire")
+    env = raising_env(tmp_path, project, "alignloop.pipeline.dvcfile:write_dvc_yaml", "builtins:RuntimeError",
+                      "disk on fire")
     _assert_unexpected(run_cli(["dvc-yaml"], project, env), "RuntimeError: disk on fire")
 
 
 def test_serve_unexpected_error_is_one_line(tmp_path: Path) -> None:
     project = make_project(tmp_path / "project")
-    env = raising_env(tmp_path, project, "alignloop.flows.pipeline:pipeline_flow.serve", "builtins:RuntimeError",
+    env = raising_env(tmp_path, project, "alignloop.pipeline.flow:pipeline_flow.serve", "builtins:RuntimeError",
                       "no server", PREFECT_API_URL="http://127.0.0.1:9/api", PREFECT_HOME=str(project / ".prefect"))
     _assert_unexpected(run_cli(["serve", "--interval", "60"], project, env), "RuntimeError: no server")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from alignloop import cache, stages
 from alignloop.config import Config
 from alignloop.paths import Layout
+from alignloop.pipeline import cache, stages
 
 from pipeline_helpers import DVC, copy_project, run
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from alignloop.stop_points import MARKER
+from alignloop.pipeline.stop_points import MARKER
 
 from pipeline_helpers import (
     ALIGNLOOP,

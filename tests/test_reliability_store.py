@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from alignloop import environment
+from alignloop.pipeline import environment
 
 
 def test_an_interrupted_store_creation_leaves_no_store_and_the_next_one_works(tmp_path: Path, monkeypatch) -> None:

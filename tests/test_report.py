@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from alignloop.config import Config
-from alignloop.iteration_rows import report_plot_names
-from alignloop.report_html import SECTIONS
+from alignloop.report.html import SECTIONS
+from alignloop.report.rows import report_plot_names
 
 from pipeline_helpers import ALIGNLOOP, continue_run, run
 

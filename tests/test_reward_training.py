@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from alignloop.config import ConfigError, ModelConfig, parse_config
-from alignloop.config_reward import PreferenceSetConfig, RewardConfig
+from alignloop.config.reward import PreferenceSetConfig, RewardConfig
 from alignloop.models.policy import load_tokenizer
 from alignloop.models.reward_losses import preference_strength
 from alignloop.models.reward_model import encode_pair
 from alignloop.models.reward_training import load_classifier, pair_margins, train_reward_model
-from alignloop.preference_data import held_out, read_preference_pairs
-from alignloop.prompt_data import DataError
+from alignloop.sources.preferences import held_out, read_preference_pairs
+from alignloop.sources.prompts import DataError
 from alignloop.tasks.reward_model import accuracy, detection, flip_some
 from alignloop.testbed.model import create_base_model
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from alignloop.run_lock import RunLockedError, lock_path, run_lock
+from alignloop.pipeline.run_lock import RunLockedError, lock_path, run_lock
 
 from pipeline_helpers import ALIGNLOOP, env_for
 

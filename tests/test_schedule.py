@@ -1,4 +1,5 @@
-"""Scheduled growth of the pipeline (alignloop/schedule.py): the iterations line of params.yaml and completed work."""
+"""Scheduled growth of the pipeline (alignloop/pipeline/schedule.py): the iterations line of params.yaml and completed
+work."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from alignloop.cache import write_stamp
 from alignloop.config import Config, load_config
 from alignloop.paths import Layout
-from alignloop.schedule import completed_iterations, scheduled_iterations, set_iterations
-from alignloop.stages import STAGES
+from alignloop.pipeline.cache import write_stamp
+from alignloop.pipeline.schedule import completed_iterations, scheduled_iterations, set_iterations
+from alignloop.pipeline.stages import STAGES
 
 pytestmark = pytest.mark.timeout(60)  # completed_iterations loops while stamps hold: a bug there must not hang
 

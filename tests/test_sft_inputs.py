@@ -8,8 +8,8 @@ import torch
 from datasets import Dataset
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from alignloop.fixture import build_fixture
 from alignloop.tasks.sft import seeded_trainer_class, sft_dataset, uses_plain_head
+from alignloop.testbed.fixture import build_fixture
 
 ROWS = [
     {"prompt": "reverse, then uppercase: k3fa", "response": "AF3K"},

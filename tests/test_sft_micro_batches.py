@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alignloop.cache import run_stage
 from alignloop.config import Config
 from alignloop.paths import Layout
+from alignloop.pipeline.cache import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

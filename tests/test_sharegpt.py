@@ -1,4 +1,5 @@
-"""alignloop.sharegpt: ShareGPT records read up to a truncation, and each record's first (human, gpt) exchange."""
+"""alignloop.sources.sharegpt: ShareGPT records read up to a truncation, and each record's first (human, gpt)
+exchange."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import os
 
 import pytest
 
-from alignloop.resources import package_dir
-from alignloop.sharegpt import first_exchange, read_sharegpt
+from alignloop.sources.resources import package_dir
+from alignloop.sources.sharegpt import first_exchange, read_sharegpt
 
 RECORDS = [
     {"id": "a_0", "conversations": [{"from": "human", "value": "Hi, who are you?"},

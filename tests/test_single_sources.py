@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import get_args
 
 from alignloop.config import JUDGE_NAMES, Config, EvolveConfig, OptimizeConfig, RankConfig
-from alignloop.config_reward import RewardConfig
-from alignloop.config_run import STAGE_NAMES
+from alignloop.config.reward import RewardConfig
+from alignloop.config.run import STAGE_NAMES
 from alignloop.methods.creator import INFORMATIVENESS
 from alignloop.methods.pairing import PAIR_RULES
 from alignloop.models.losses import LOSSES
 from alignloop.models.reward_losses import DENOISING
 from alignloop.paths import EVAL_SPLITS
-from alignloop.stages import STAGES
+from alignloop.pipeline.stages import STAGES
 from alignloop.testbed.data import eval_distributions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,8 +54,8 @@ def test_testbed_evaluation_splits_are_the_layouts():
 
 
 def test_report_sections_are_the_figures_a_full_config_draws():
-    from alignloop.iteration_rows import report_plot_names
-    from alignloop.report_html import SECTIONS
+    from alignloop.report.html import SECTIONS
+    from alignloop.report.rows import report_plot_names
 
     everything = Config(iterations=2, evolve={"enabled": True}, optimize={"exploration": "copo"},
                         reward={"enabled": True})

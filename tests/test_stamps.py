@@ -1,4 +1,4 @@
-"""Output stamps, scratch clean-up and run_stage (alignloop/cache.py, alignloop/stages.py)."""
+"""Output stamps, scratch clean-up and run_stage (alignloop/pipeline/cache.py, alignloop/pipeline/stages.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import os
 
 import pytest
 
-from alignloop.cache import (
+from alignloop.config import Config
+from alignloop.io import read_json, read_jsonl, write_jsonl
+from alignloop.paths import Layout
+from alignloop.pipeline.cache import (
     cache_key,
     code_version,
     digest,
@@ -21,10 +24,7 @@ from alignloop.cache import (
     stamp_path,
     write_stamp,
 )
-from alignloop.config import Config
-from alignloop.io import read_json, read_jsonl, write_jsonl
-from alignloop.paths import Layout
-from alignloop.stages import STAGES
+from alignloop.pipeline.stages import STAGES
 
 from cache_helpers import rewrite, touch
 

@@ -1,5 +1,5 @@
-"""The test hook that stops a run at a named point (alignloop/stop_points.py): off unless asked, and then it stops
-exactly there and nowhere else."""
+"""The test hook that stops a run at a named point (alignloop/pipeline/stop_points.py): off unless asked, and then it
+stops exactly there and nowhere else."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from alignloop import stop_points
+from alignloop.pipeline import stop_points
 
 SCRIPT = """
-from alignloop import stop_points
+from alignloop.pipeline import stop_points
 with stop_points.stage("optimize-2"):
     for step in range(3):
         print(f"step {step + 1} done", flush=True)

@@ -1,4 +1,4 @@
-"""The pure helpers of alignloop/tracking.py (no MLflow run is started here)."""
+"""The pure helpers of alignloop/pipeline/tracking.py (no MLflow run is started here)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from alignloop.config import Config
 from alignloop.io import write_json, write_jsonl
 from alignloop.paths import Layout
-from alignloop.tracking import (
+from alignloop.pipeline.tracking import (
     TABLE_ROWS,
     file_sha256,
     finite_metrics,
@@ -210,7 +210,7 @@ def test_file_sha256(tmp_path):
 def test_reward_model_metrics_read_the_stage_stats(tmp_path):
     from alignloop.io import write_json
     from alignloop.paths import Layout
-    from alignloop.tracking import reward_model_metrics
+    from alignloop.pipeline.tracking import reward_model_metrics
 
     layout = Layout(tmp_path)
     assert reward_model_metrics(layout) == {}

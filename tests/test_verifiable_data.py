@@ -17,10 +17,10 @@ if importlib.util.find_spec("if_verifiable") is None and os.environ.get("ALIGNLO
     pytest.skip("if-verifiable is not installed (the real-model kit)", allow_module_level=True)
 
 from alignloop.config import ConfigError, parse_config  # noqa: E402
-from alignloop.config_data import DataConfig  # noqa: E402
+from alignloop.config.data import DataConfig  # noqa: E402
 from alignloop.models.rankers import VerifierRanker  # noqa: E402
-from alignloop.prompt_data import DataError  # noqa: E402
-from alignloop.verifiable_data import prepare_verifiable_sets  # noqa: E402
+from alignloop.sources.prompts import DataError  # noqa: E402
+from alignloop.sources.verifiable import prepare_verifiable_sets  # noqa: E402
 
 from pipeline_helpers import ALIGNLOOP, env_for  # noqa: E402
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from alignloop.verification_metrics import (
+from alignloop.verifiers.metrics import (
     accuracy_by_type,
     followed_fraction,
     ifeval_accuracies,

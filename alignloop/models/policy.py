@@ -9,9 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from alignloop.config import ModelConfig
-from alignloop.digests import file_digest
 from alignloop.errors import UserError
 from alignloop.models.device import resolve_device
+from alignloop.pipeline.digests import file_digest
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 

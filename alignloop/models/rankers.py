@@ -43,7 +43,7 @@ class VerifierRanker:
 
     def check(self, prompts: list[dict], responses: list[list[str]]) -> list[list[list[tuple[bool, bool]]]]:
         """(strict, loose) per constraint, per response, per prompt."""
-        from alignloop.verifiers import check_response
+        from alignloop.verifiers.checkers import check_response
 
         missing = [row["prompt_id"] for row in prompts if "instruction_id_list" not in row]
         if missing:
@@ -54,7 +54,7 @@ class VerifierRanker:
                 for row, texts in zip(prompts, responses)]
 
     def score(self, prompts: list[dict], responses: list[list[str]]) -> list[list[float]]:
-        from alignloop.verification_metrics import followed_fraction
+        from alignloop.verifiers.metrics import followed_fraction
 
         return [[followed_fraction(checks) for checks in per_response]
                 for per_response in self.check(prompts, responses)]

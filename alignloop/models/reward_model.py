@@ -17,10 +17,10 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from alignloop.config import ConfigError
-from alignloop.model_source import read_model_config
 from alignloop.models.batching import batched_by_length, check_finite
 from alignloop.models.device import resolve_device
 from alignloop.models.policy import DTYPES, ModelLoadError
+from alignloop.sources.models import read_model_config
 
 logger = logging.getLogger(__name__)
 

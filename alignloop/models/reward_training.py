@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
-from alignloop import stop_points
 from alignloop.config import ModelConfig
-from alignloop.config_reward import RewardConfig
+from alignloop.config.reward import RewardConfig
 from alignloop.errors import InputError, NonFiniteError
 from alignloop.models.batching import batched_by_length
 from alignloop.models.device import resolve_device
@@ -33,6 +32,7 @@ from alignloop.models.reward_losses import (
 )
 from alignloop.models.reward_model import pooled_forward, right_padded
 from alignloop.models.training import check_finite_weights, enable_gradient_checkpointing, lr_factor
+from alignloop.pipeline import stop_points
 from alignloop.progress import progress
 
 log = logging.getLogger(__name__)

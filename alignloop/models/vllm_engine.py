@@ -1,8 +1,8 @@
 """Generation with vLLM (`sample.backend: vllm`, `benchmark.backend: vllm`), in vLLM's own environment.
 
 The stage tokenizes here, with the policy's chat template, exactly as the Hugging Face path does; the vLLM
-environment's Python runs `alignloop/vllm_worker.py` on the saved policy directory with one engine for every job of
-the stage, and exits (its memory is free before anything trains). What comes back is token ids, cut at the first
+environment's Python runs `alignloop/models/vllm_worker.py` on the saved policy directory with one engine for every
+job of the stage, and exits (its memory is free before anything trains). What comes back is token ids, cut at the first
 stop token as on the HF path, and the hash of the weights the engine loaded, which must be the policy's.
 
 Seeds: each sampled request (one prompt, `n` responses) draws from its own seed, derived from the job's seed and the
@@ -21,9 +21,9 @@ from pathlib import Path
 
 from transformers import AutoConfig, GenerationConfig, PreTrainedTokenizerBase
 
-from alignloop import vllm_worker  # imported only to be part of the stages' code version: it runs in vLLM's env
 from alignloop.config import Config
 from alignloop.errors import InputError
+from alignloop.models import vllm_worker  # imported only to be part of the stages' code version: it runs in vLLM's env
 from alignloop.models.device import resolve_device
 from alignloop.models.generation import (
     Generation,
@@ -33,9 +33,9 @@ from alignloop.models.generation import (
     prompt_token_ids,
 )
 from alignloop.models.policy import policy_hash, stop_ids
+from alignloop.models.vllm_env import vllm_python
 from alignloop.paths import Layout
 from alignloop.seeds import derive_seed
-from alignloop.vllm_env import vllm_python
 
 WORKER = Path(vllm_worker.__file__)
 # The last run's seconds (engine start, each job), for benchmarks/sampling.py; never written to an artifact.

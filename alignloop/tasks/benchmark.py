@@ -24,7 +24,6 @@ from alignloop.config import Config
 from alignloop.errors import NonFiniteError
 from alignloop.io import atomic_path, read_jsonl, write_json, write_jsonl
 from alignloop.methods.length_control import length_controlled_win_rate
-from alignloop.model_source import policy_dir, ranker_model_dir
 from alignloop.models.generation import Generation, generate
 from alignloop.models.logprobs import (
     collate,
@@ -39,8 +38,9 @@ from alignloop.models.policy import load_policy
 from alignloop.models.rankers import build_ranker
 from alignloop.paths import Layout, eval_split_names
 from alignloop.seeds import derive_seed
+from alignloop.sources.models import policy_dir, ranker_model_dir
 from alignloop.testbed.scorer import exact_match, gold_score
-from alignloop.verification_metrics import followed_fraction, verification_metrics
+from alignloop.verifiers.metrics import followed_fraction, verification_metrics
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ from safetensors.torch import load_file, save_file
 from alignloop.config import Config
 from alignloop.errors import InputError, NonFiniteError
 from alignloop.io import atomic_path, read_jsonl, write_json, write_jsonl
-from alignloop.model_source import policy_dir
 from alignloop.models.cfn import CFNHead, ReplayBuffer, bonuses, pseudo_counts, train_cfn
 from alignloop.models.cfn_features import last_token_features
 from alignloop.models.generation import generate
@@ -26,6 +25,7 @@ from alignloop.models.logprobs import tokenize_ids
 from alignloop.models.policy import load_policy
 from alignloop.paths import Layout
 from alignloop.seeds import derive_seed
+from alignloop.sources.models import policy_dir
 
 log = logging.getLogger(__name__)
 HEAD_FILE = "head.safetensors"

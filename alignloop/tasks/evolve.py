@@ -17,11 +17,11 @@ from alignloop.config import Config
 from alignloop.errors import InputError
 from alignloop.io import read_jsonl, write_json, write_jsonl
 from alignloop.methods.creator import informativeness, mix, select_seeds, validate
-from alignloop.model_source import policy_dir
 from alignloop.models.generation import prompt_token_ids
 from alignloop.models.policy import load_policy, load_tokenizer
 from alignloop.paths import Layout, eval_split_names
 from alignloop.seeds import derive_seed
+from alignloop.sources.models import policy_dir
 from alignloop.testbed.data import task_row
 from alignloop.testbed.evolution import Limits, difficulty, evolve_task, parse_task, task_from_row, unsolvable_reason
 

@@ -23,11 +23,9 @@ from dataclasses import fields
 
 import torch
 
-from alignloop import stop_points
 from alignloop.config import Config, OptimizeConfig
 from alignloop.errors import InputError, NonFiniteError
 from alignloop.io import atomic_path, read_jsonl, write_json
-from alignloop.model_source import policy_dir
 from alignloop.models.device import resolve_device
 from alignloop.models.distributed import make_accelerator, mean_over_processes, sharded, trained_model
 from alignloop.models.logprobs import collate, sequence_logps, to_device, tokenize_ids
@@ -57,8 +55,10 @@ from alignloop.models.training import (
     with_lora,
 )
 from alignloop.paths import Layout
+from alignloop.pipeline import stop_points
 from alignloop.progress import progress
 from alignloop.seeds import derive_seed
+from alignloop.sources.models import policy_dir
 
 log = logging.getLogger(__name__)
 

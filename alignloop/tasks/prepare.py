@@ -15,9 +15,9 @@ import logging
 
 from alignloop.config import Config
 from alignloop.io import atomic_path, write_json, write_jsonl
-from alignloop.model_source import hub_models, local_model_dir, resolve_model
 from alignloop.models.gguf import is_gguf
 from alignloop.paths import Layout
+from alignloop.sources.models import hub_models, local_model_dir, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,11 @@ def real_data(cfg: Config, layout: Layout, resolved: dict[str, str]) -> tuple[di
     limits = {"max_train_prompt_tokens": cfg.model.max_length - cfg.sample.max_new_tokens,
               "max_eval_prompt_tokens": cfg.model.max_length - cfg.benchmark.max_new_tokens}
     if cfg.data.is_verifiable:
-        from alignloop.verifiable_data import prepare_verifiable_sets
+        from alignloop.sources.verifiable import prepare_verifiable_sets
 
         return prepare_verifiable_sets(cfg.data, layout.root, cfg.seed, prompt_counter(cfg, layout, resolved),
                                        **limits)
-    from alignloop.prompt_data import prepare_prompt_sets
+    from alignloop.sources.prompts import prepare_prompt_sets
 
     return prepare_prompt_sets(cfg.data, layout.root, prompt_counter(cfg, layout, resolved), **limits)
 
@@ -77,7 +77,7 @@ def run_prepare(cfg: Config, layout: Layout) -> None:
         else:
             files, stats = real_data(cfg, layout, resolved)
         if cfg.reward.enabled and cfg.reward.data is not None:
-            from alignloop.preference_data import read_preference_pairs
+            from alignloop.sources.preferences import read_preference_pairs
 
             files["preferences"] = read_preference_pairs(cfg.reward.data, layout.root, cfg.reward.eval_fraction)
         for name, rows in files.items():

@@ -15,10 +15,10 @@ from alignloop.config import Config
 from alignloop.errors import NonFiniteError
 from alignloop.io import read_jsonl, write_json, write_jsonl
 from alignloop.methods.pairing import build_pairs
-from alignloop.model_source import ranker_model_dir
 from alignloop.models.rankers import build_ranker
 from alignloop.paths import Layout
 from alignloop.seeds import derive_seed
+from alignloop.sources.models import ranker_model_dir
 
 log = logging.getLogger(__name__)
 

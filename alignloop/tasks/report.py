@@ -1,7 +1,7 @@
 """Stage `report`: `reports/iterations.json`, one flat row of benchmark metrics per iteration for DVC's metrics and
-plots (the rows themselves come from alignloop/iteration_rows.py), and the report's figures in `reports/plots/`
-(alignloop/report_plots.py). The HTML page around them holds run facts (wall times, commit) and is written after
-the run by alignloop/report_html.py, outside the cached stage."""
+plots (the rows themselves come from alignloop/report/rows.py), and the report's figures in `reports/plots/`
+(alignloop/report/plots.py). The HTML page around them holds run facts (wall times, commit) and is written after
+the run by alignloop/report/html.py, outside the cached stage."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 from alignloop.config import Config
 from alignloop.io import atomic_path, write_json
-from alignloop.iteration_rows import iteration_rows
 from alignloop.paths import Layout
-from alignloop.report_plots import report_figures, save_png
+from alignloop.report.plots import report_figures, save_png
+from alignloop.report.rows import iteration_rows
 
 
 def run_report(cfg: Config, layout: Layout) -> list[dict[str, Any]]:

@@ -19,11 +19,10 @@ import random
 import torch
 
 from alignloop.config import Config, ModelConfig
-from alignloop.config_reward import RewardConfig
+from alignloop.config.reward import RewardConfig
 from alignloop.errors import InputError
 from alignloop.io import atomic_path, read_jsonl, write_json, write_jsonl
 from alignloop.methods.pairing import build_pairs
-from alignloop.model_source import policy_dir, reward_init_dir
 from alignloop.models.generation import generate
 from alignloop.models.policy import load_policy, load_tokenizer
 from alignloop.models.reward_losses import preference_strength
@@ -32,6 +31,7 @@ from alignloop.models.reward_training import pair_margins, restore_dropout, trai
 from alignloop.models.training import save_policy
 from alignloop.paths import Layout
 from alignloop.seeds import derive_seed
+from alignloop.sources.models import policy_dir, reward_init_dir
 
 log = logging.getLogger(__name__)
 

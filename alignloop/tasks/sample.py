@@ -8,11 +8,11 @@ from pathlib import Path
 from alignloop.config import Config
 from alignloop.errors import InputError
 from alignloop.io import read_jsonl, write_jsonl
-from alignloop.model_source import policy_dir
 from alignloop.models.generation import Generation, generate
 from alignloop.models.policy import load_policy, load_tokenizer, policy_hash
 from alignloop.paths import Layout
 from alignloop.seeds import derive_seed
+from alignloop.sources.models import policy_dir
 
 log = logging.getLogger(__name__)
 

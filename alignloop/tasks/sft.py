@@ -16,17 +16,17 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
-from alignloop import stop_points
 from alignloop.config import Config
 from alignloop.errors import InputError, NonFiniteError
 from alignloop.io import read_jsonl, write_json
-from alignloop.model_source import base_model_dir
 from alignloop.models.device import resolve_device
 from alignloop.models.distributed import process_device, trained_model
 from alignloop.models.policy import load_policy
 from alignloop.models.shares import sft_batch_shares
 from alignloop.models.training import peft_config, save_policy
 from alignloop.paths import Layout
+from alignloop.pipeline import stop_points
+from alignloop.sources.models import base_model_dir
 
 log = logging.getLogger(__name__)
 

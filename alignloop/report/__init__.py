@@ -1,0 +1,1 @@
+"""The report: one row per iteration, the figures, the HTML page."""

@@ -1,0 +1,1 @@
+"""IFEval/IFBench instruction checkers and the accuracies computed from their verdicts."""
