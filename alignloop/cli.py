@@ -28,7 +28,7 @@ PARAMS_OPTION = typer.Option("params.yaml", "--params", "-p", help="The run's pa
 
 def _setup(params: Path, check_files: bool = False, runs: bool = False) -> tuple[Config, Path]:
     """Validate params before any work: a bad key stops here with exit code 2; with `runs` (commands that run
-    stages) so does what this machine or the testbed makes impossible (alignloop/config/checks.py), and with
+    stages) so does what this machine or the testbed makes impossible (alignloop/pipeline/runnable.py), and with
     `check_files` a model, reward model or prompt file that cannot be used (alignloop/pipeline/preflight.py)."""
     root = params.resolve().parent
     from alignloop.pipeline import environment
@@ -38,7 +38,7 @@ def _setup(params: Path, check_files: bool = False, runs: bool = False) -> tuple
     try:
         cfg = load_config(params)
         if runs:
-            from alignloop.config.checks import check_runnable
+            from alignloop.pipeline.runnable import check_runnable
 
             check_runnable(cfg, root)
         if check_files:

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from alignloop.config import Config, ConfigError, load_config
-from alignloop.config.checks import check_runnable
 from alignloop.models.shares import sft_batch_shares, share
 from alignloop.pipeline.launch import LaunchedStageError, LaunchedStageUserError, _failure
+from alignloop.pipeline.runnable import check_runnable
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "accelerate"
@@ -39,7 +39,7 @@ def test_sft_batch_shares():
 
 
 def test_shipped_configs_parse_with_their_process_counts():
-    from alignloop.config.checks import launch_processes
+    from alignloop.pipeline.runnable import launch_processes
 
     counts = {path.stem: launch_processes(path) for path in CONFIGS.glob("*.yaml")}
     assert counts == {"single_gpu": 1, "multi_gpu": 8, "fsdp": 8, "deepspeed_zero2": 8, "deepspeed_zero3": 8,

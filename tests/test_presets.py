@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from alignloop.config import load_config
-from alignloop.config.checks import _launch_fits, launch_processes
 from alignloop.pipeline.launch import accelerate_config_file
+from alignloop.pipeline.runnable import _launch_fits, launch_processes
 
 from pipeline_helpers import ALIGNLOOP, REPO, merge, run, statuses
 

@@ -1,5 +1,5 @@
 """Values that pass the schema but no run can use are refused when params.yaml is loaded, one line naming the key,
-exit 2 (issue 14, item 4; alignloop/config/checks.py)."""
+exit 2 (issue 14, item 4; alignloop/config/checks.py, alignloop/pipeline/runnable.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from alignloop.config import ConfigError, load_config, parse_config
-from alignloop.config.checks import longest_testbed_prompt
+from alignloop.testbed.geometry import longest_testbed_prompt
 
 from pipeline_helpers import ALIGNLOOP, REPO, env_for
 
@@ -116,7 +116,7 @@ def _refused(overrides: dict) -> str:
 
 
 def _not_runnable(overrides: dict) -> str:
-    from alignloop.config.checks import check_runnable
+    from alignloop.pipeline.runnable import check_runnable
 
     cfg = parse_config(overrides)  # a valid Config: it may name a model or a tokenizer without running
     with pytest.raises(ConfigError) as excinfo:
@@ -127,7 +127,7 @@ def _not_runnable(overrides: dict) -> str:
 def test_a_device_this_machine_does_not_have_is_refused() -> None:
     import torch
 
-    from alignloop.config.checks import check_runnable
+    from alignloop.pipeline.runnable import check_runnable
 
     assert _not_runnable({"model": {"device": "gpu0"}}).startswith("model.device: not a device: 'gpu0'")
     if torch.cuda.is_available():
@@ -147,7 +147,7 @@ def test_odd_rotary_head_width_of_the_testbed_model_is_refused() -> None:
 
 
 def test_model_max_length_must_leave_room_after_the_longest_testbed_prompt() -> None:
-    from alignloop.config.checks import check_runnable
+    from alignloop.pipeline.runnable import check_runnable
 
     short = {"model": {"max_length": 24}, "sample": {"max_new_tokens": 8}, "benchmark": {"max_new_tokens": 8}}
     message = _not_runnable(short)

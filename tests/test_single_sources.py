@@ -61,3 +61,19 @@ def test_report_sections_are_the_figures_a_full_config_draws():
                         reward={"enabled": True})
     assert [key for key, *_ in SECTIONS] == report_plot_names(everything)
     assert report_plot_names(Config(iterations=0, sft={"enabled": False})) == ["scores", "win_rate"]
+
+
+def test_each_loss_parameter_is_declared_once():
+    """The optimize section extends LossParams and the losses read that class: each parameter's default and bound
+    are written in exactly one place in the package."""
+    from alignloop.config.losses import LossParams
+    from alignloop.models import losses
+
+    assert issubclass(OptimizeConfig, LossParams) and losses.LossParams is LossParams
+    assert not set(OptimizeConfig.__annotations__) & set(LossParams.model_fields)  # nothing declared again
+    names = [name for name in LossParams.model_fields if name != "loss"]
+    assert len(names) == 7
+    sources = "\n".join(path.read_text() for path in (REPO / "alignloop").rglob("*.py"))
+    for name in names:
+        assert len(re.findall(rf"(?m)^\s+{name}: ", sources)) == 1, name
+

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from alignloop.config import Config, ConfigError
-from alignloop.config.checks import check_runnable
+from alignloop.pipeline.runnable import check_runnable
 
 from pipeline_helpers import ALIGNLOOP, REPO, merge, requires_vllm, run, statuses
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from alignloop.config.base import ConfigError, Section, describe_error
 from alignloop.config.data import DataConfig
+from alignloop.config.losses import LossParams
 from alignloop.config.methods import CFNConfig, EvolveConfig
 from alignloop.config.reward import RewardConfig
 from alignloop.config.run import PipelineConfig, ScheduleConfig, VllmConfig
@@ -179,23 +180,9 @@ class RankConfig(Section):
 DEFAULT_REFINEMENT_PROMPT = "Answer exactly."
 
 
-class OptimizeConfig(Section):
-    loss: Literal["dpo", "cdpo", "ipo", "simpo", "tdpo1", "tdpo2", "srdpo", "sripo"] = "dpo"
-    """The preference loss (formulas and papers in alignloop/models/losses.py)."""
-    beta: float = Field(0.1, gt=0)
-    """KL strength β of dpo, cdpo, tdpo1/2, srdpo and sripo (and the scale of their implicit rewards)."""
-    label_smoothing: float = Field(0.1, ge=0, lt=0.5)
-    """cdpo: the assumed probability ε that a pair's label is flipped."""
-    ipo_tau: float = Field(0.1, gt=0)
-    """ipo: τ; the per-token margin is regressed to 1/(2τ)."""
-    simpo_beta: float = Field(2.0, gt=0)
-    """simpo: β on token-mean log-probs (its own scale, not DPO's β)."""
-    simpo_gamma_ratio: float = Field(0.5, ge=0)
-    """simpo: the target margin γ as a fraction of simpo_beta."""
-    tdpo_alpha: float = Field(0.5, ge=0)
-    """tdpo2: weight α of the sequential-KL difference."""
-    sr_lambda: float = Field(0.5, ge=0)
-    """srdpo / sripo: weight λ of the refinement term Δ."""
+class OptimizeConfig(LossParams):
+    """The optimize stage: the loss and its parameters (`LossParams`), then how it trains."""
+
     refinement_prompt: str = Field(DEFAULT_REFINEMENT_PROMPT, min_length=1)
     """srdpo / sripo: the quality prompt placed before the query for the refinement passes."""
     kl_chunk_size: int = Field(128, ge=1)
@@ -265,52 +252,12 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _sections_agree(self) -> Config:
-        """Cross-section constraints: a combination no run can use is refused here, before any work."""
-        if self.rank.ranker == "verifier" and not self.data.is_verifiable:
-            raise ValueError("rank.ranker: verifier checks the constraints of data.sharegpt prompts; set data.sharegpt "
-                             "(or use gold on the testbed, reward_model or pairrm with data.train)")
-        if self.data.is_verifiable and self.sft.enabled:
-            raise ValueError("sft.enabled: data.sharegpt brings no demonstrations; set sft.enabled: false to start "
-                             "from model.name_or_path as it is")
-        if not self.data.is_testbed:
-            if self.rank.ranker == "gold":
-                raise ValueError("rank.ranker: gold scores only the testbed's prompts (it needs their answers); use "
-                                 "reward_model with data.train")
-            if self.evolve.enabled and self.evolve.evolver == "testbed":
-                raise ValueError("evolve.evolver: testbed rewrites only testbed prompts; use llm with data.train")
-            if self.sft.enabled and self.data.sft is None and not self.data.is_verifiable:
-                raise ValueError("data.sft: SFT needs demonstrations with data.train (or set sft.enabled: false to "
-                                 "start from model.name_or_path as it is)")
-        if self.sample.max_new_tokens >= self.model.max_length:
-            raise ValueError(f"sample.max_new_tokens: must be < model.max_length ({self.model.max_length}) to leave "
-                             f"room for the prompt, got {self.sample.max_new_tokens}")
-        if self.benchmark.max_new_tokens >= self.model.max_length:
-            raise ValueError(f"benchmark.max_new_tokens: must be < model.max_length ({self.model.max_length}), got "
-                             f"{self.benchmark.max_new_tokens}")
-        self._reward_model_known()
-        micro = self.optimize.micro_batch_size
-        if micro is not None and micro > self.optimize.batch_size:
-            raise ValueError(f"optimize.micro_batch_size: must be <= optimize.batch_size ({self.optimize.batch_size}),"
-                             f" got {micro}")
-        micro = self.sft.micro_batch_size
-        if micro is not None and micro < self.sft.batch_size and self.sft.batch_size % micro:
-            raise ValueError(f"sft.micro_batch_size: must divide sft.batch_size ({self.sft.batch_size}), got {micro}")
-        from alignloop.config.checks import check_config  # values no run can use (alignloop/config/checks.py)
+        """Every rule across sections (alignloop/config/checks.py): a combination no run can use is refused here,
+        before any work."""
+        from alignloop.config.checks import check_config  # it reads a Config: imported once the class exists
+
         check_config(self)
         return self
-
-    def _reward_model_known(self) -> None:
-        """The ranker's reward model is named, or trained by the run; the trained one needs pairs to train on."""
-        trained = self.reward.enabled and self.rank.ranker == "reward_model"
-        if self.rank.ranker == "reward_model" and not self.rank.reward_model and not self.reward.enabled:
-            raise ValueError("rank.reward_model: required when rank.ranker is reward_model (a directory or hub id), "
-                             "unless reward.enabled trains one")
-        if trained and self.rank.reward_model:
-            raise ValueError("rank.reward_model: leave it empty with reward.enabled (the run ranks with the reward "
-                             "model it trains), or set reward.enabled: false")
-        if self.reward.enabled and not self.data.is_testbed and self.reward.data is None:
-            raise ValueError("reward.data: required with data.train (preference pairs with prompt, chosen and "
-                             "rejected columns); the testbed builds its own")
         if self.reward.enabled and self.reward.max_new_tokens >= self.model.max_length:
             raise ValueError(f"reward.max_new_tokens: must be < model.max_length ({self.model.max_length}), got "
                              f"{self.reward.max_new_tokens}")

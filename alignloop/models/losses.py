@@ -1,6 +1,7 @@
 """Preference losses: one pure function per `optimize.loss`, each `(PairBatch, LossParams) -> LossOutput`.
 
-Each function's docstring gives its formula and paper; the defaults are argued in `LossParams`.
+Each function's docstring gives its formula and paper; the defaults are argued in `LossParams`
+(alignloop/config/losses.py, which the `optimize` section extends).
 Notation, per pair b (every sequence quantity is (batch,)):
     S(π, y|x) = Σ_t m_t log π(y_t | x, y_<t)          `sequence_sum`
     A(π, y|x) = S / max(1, Σ_t m_t)                  `sequence_mean`
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from alignloop.config.losses import LossParams  # the parameters, declared once with their bounds
 
 Tensor = torch.Tensor
 
@@ -44,46 +47,6 @@ class PairBatch:
     # (S(π_θ,y_w|p⊕x) − S(π_ref,y_w|p⊕x)) − (S(π_θ,y_l|p⊕x) − S(π_ref,y_l|p⊕x)), i.e. `log_ratio_margin` of a
     # PairBatch of those four passes. The loss scales it to Δ = β·prompted_margin and stops its gradient.
     prompted_margin: Tensor | None = None
-
-
-@dataclass(frozen=True)
-class LossParams:
-    """Every loss parameter, with the papers' defaults. Each loss reads only its own fields."""
-
-    beta: float = 0.1
-    """β of dpo, cdpo, tdpo1/2, srdpo, sripo; also the scale of every reference-based implicit reward β·ρ."""
-    label_smoothing: float = 0.1
-    """cdpo's ε: the assumed probability that a pair's label is flipped; 0 ≤ ε < 0.5."""
-    ipo_tau: float = 0.1
-    """IPO's τ; the regression target for the per-token margin h̄ is 1/(2τ). Of the usual 0.01–0.1, 0.1 puts the
-    target at 5 nats per token, already a strong separation; 0.01 would ask for 50 per token, out of reach, so the
-    squared loss would push without ever being satisfied, like an unregularised objective. 0.1 is also TRL's default
-    β, which TRL's IPO uses as τ, so runs compare with TRL's."""
-    simpo_beta: float = 2.0
-    """SimPO's β, on token-mean log-probs A, so a scale of its own: 2.0 (SimPO paper), not the DPO β of 0.1."""
-    simpo_gamma_ratio: float = 0.5
-    """SimPO's target margin as a fraction of its β: γ = simpo_gamma_ratio · simpo_beta (as the SimPO paper)."""
-    tdpo_alpha: float = 0.5
-    """tdpo2's α, the weight of the sequential-KL difference."""
-    sr_lambda: float = 0.5
-    """Sr-DPO/Sr-IPO's λ, from the paper's grid {0.1, 0.3, 0.5, 1}. Δ has the same β-scale as the DPO logit, and on
-    on-policy pairs the prompted and plain margins rise together: λ = 1 would cancel the margin and keep the DPO
-    weight σ(−·) near 1/2 (an unbounded push), λ = 0.1 is hard to tell from DPO; 0.5 is the middle. Measure."""
-
-    def __post_init__(self):
-        positive = {"beta": self.beta, "ipo_tau": self.ipo_tau, "simpo_beta": self.simpo_beta}
-        for name, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"loss parameter {name} must be > 0, got {value}")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"loss parameter label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        for name in ("simpo_gamma_ratio", "tdpo_alpha", "sr_lambda"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"loss parameter {name} must be >= 0, got {getattr(self, name)}")
-
-    @property
-    def simpo_gamma(self) -> float:
-        return self.simpo_gamma_ratio * self.simpo_beta
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import fields
 
 import torch
 
@@ -68,8 +67,8 @@ class NonFiniteLossError(NonFiniteError):
 
 
 def loss_params(opt: OptimizeConfig) -> LossParams:
-    """LossParams from the config section: every LossParams field has a same-named key in `optimize`."""
-    return LossParams(**{field.name: getattr(opt, field.name) for field in fields(LossParams)})
+    """The loss and its parameters as the `optimize` section holds them (OptimizeConfig extends LossParams)."""
+    return LossParams.model_validate(opt.model_dump(include=set(LossParams.model_fields)))
 
 
 def tokenize_pairs(rows: list[dict], tokenizer, max_length: int, cut: bool = False) -> list[Pair]:

@@ -6,11 +6,13 @@ Evaluation prompts are drawn first and excluded from everything training sees.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alignloop.config import TestbedConfig
 from alignloop.testbed.scorer import demonstration
 from alignloop.testbed.world import Distribution, Task, sample_tasks
+
+if TYPE_CHECKING:  # only a type: the config's checks read the distributions below
+    from alignloop.config import TestbedConfig
 
 
 def training_distribution(cfg: TestbedConfig) -> Distribution:
