@@ -35,6 +35,20 @@ class Generation:
         return len(self.token_ids)
 
 
+@dataclass(frozen=True)
+class GenerationJob:
+    """One request to a generation backend: these prompts, greedy or sampled, so many responses each."""
+    prompts: list[str]
+    prompt_ids: list[str]
+    greedy: bool
+    max_new_tokens: int
+    num_samples: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    description: str = "sampling"  # the progress bar's (the vLLM backend shows none)
+
+
 def prompt_token_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                         tokenize=True, return_dict=False)

@@ -16,7 +16,6 @@ import os
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import AutoConfig, GenerationConfig, PreTrainedTokenizerBase
@@ -27,6 +26,7 @@ from alignloop.models import vllm_worker  # imported only to be part of the stag
 from alignloop.models.device import resolve_device
 from alignloop.models.generation import (
     Generation,
+    GenerationJob,
     check_prompt_lengths,
     config_positions,
     cut_at_stop,
@@ -48,18 +48,6 @@ class VllmError(RuntimeError):
 
 class StalePolicyError(InputError):
     """The engine generated from other weights than the policy the stage depends on."""
-
-
-@dataclass(frozen=True)
-class GenerationJob:
-    prompts: list[str]
-    prompt_ids: list[str]
-    greedy: bool
-    max_new_tokens: int
-    num_samples: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
 
 
 def stop_ids_of(model_dir: Path, tokenizer: PreTrainedTokenizerBase) -> list[int]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from statistics import mean
 
 import torch
@@ -24,7 +23,8 @@ from alignloop.config import Config
 from alignloop.errors import NonFiniteError
 from alignloop.io import atomic_path, read_jsonl, write_json, write_jsonl
 from alignloop.methods.length_control import length_controlled_win_rate
-from alignloop.models.generation import Generation, generate
+from alignloop.models.backends import generate_jobs
+from alignloop.models.generation import Generation, GenerationJob
 from alignloop.models.logprobs import (
     collate,
     mean_token_entropy,
@@ -93,43 +93,25 @@ def alpaca_eval_rows(rows: list[dict], greedy: list[list[Generation]], generator
             for row, gens in zip(rows, greedy)]
 
 
-def vllm_generations(cfg: Config, layout: Layout, source: Path, splits: dict[str, list[dict]]
-                     ) -> dict[str, tuple[list[list[Generation]], list[list[Generation]]]]:
-    """Every split's greedy and sampled responses from one vLLM engine, before this process loads any model (on a
-    GPU the engine has it to itself)."""
-    from alignloop.models.policy import load_tokenizer
-    from alignloop.models.vllm_engine import GenerationJob, vllm_generate
-
-    bench, jobs = cfg.benchmark, []
-    for split, rows in splits.items():
-        prompts, ids = [row["prompt"] for row in rows], [row["prompt_id"] for row in rows]
-        jobs += [GenerationJob(prompts, ids, greedy=True, max_new_tokens=bench.max_new_tokens),
-                 GenerationJob(prompts, ids, greedy=False, max_new_tokens=bench.max_new_tokens,
-                               num_samples=bench.num_samples, temperature=bench.sampled_temperature,
-                               seed=derive_seed(cfg.seed, "benchmark", split))]
-    results = vllm_generate(cfg, layout.root, source, load_tokenizer(source, cfg.model), jobs)
-    return {split: (results[2 * k], results[2 * k + 1]) for k, split in enumerate(splits)}
-
-
-def hf_generations(cfg: Config, model, tokenizer, split: str, prompts: list[str], ids: list[str]
-                   ) -> tuple[list[list[Generation]], list[list[Generation]]]:
-    bench = cfg.benchmark
-    greedy = generate(model, tokenizer, prompts, greedy=True, max_new_tokens=bench.max_new_tokens,
-                      batch_size=bench.batch_size, prompt_ids=ids, max_length=cfg.model.max_length,
-                      description=f"benchmark {split} greedy", kv_cache=cfg.model.kv_cache, engine=bench.backend)
-    sampled = generate(model, tokenizer, prompts, num_samples=bench.num_samples,
-                       temperature=bench.sampled_temperature, max_new_tokens=bench.max_new_tokens,
-                       batch_size=bench.batch_size, seed=derive_seed(cfg.seed, "benchmark", split),
-                       prompt_ids=ids, max_length=cfg.model.max_length, description=f"benchmark {split} sampled",
-                       kv_cache=cfg.model.kv_cache, engine=bench.backend)
-    return greedy, sampled
+def benchmark_jobs(cfg: Config, split: str, rows: list[dict]) -> list[GenerationJob]:
+    """A split's two jobs: greedy, then `benchmark.num_samples` sampled responses per prompt."""
+    bench, prompts, ids = cfg.benchmark, [row["prompt"] for row in rows], [row["prompt_id"] for row in rows]
+    return [GenerationJob(prompts, ids, greedy=True, max_new_tokens=bench.max_new_tokens,
+                          description=f"benchmark {split} greedy"),
+            GenerationJob(prompts, ids, greedy=False, max_new_tokens=bench.max_new_tokens,
+                          num_samples=bench.num_samples, temperature=bench.sampled_temperature,
+                          seed=derive_seed(cfg.seed, "benchmark", split), description=f"benchmark {split} sampled")]
 
 
 def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
     bench = cfg.benchmark
     source = policy_dir(cfg, layout, iteration)
     splits = {split: read_jsonl(layout.eval_prompts(split)) for split in eval_split_names(cfg)}
-    generated = vllm_generations(cfg, layout, source, splits) if bench.backend == "vllm" else {}
+    generated = {}
+    if bench.backend == "vllm":  # one engine for every split, before this process loads a model (a GPU to itself)
+        jobs = [job for split, rows in splits.items() for job in benchmark_jobs(cfg, split, rows)]
+        results = generate_jobs(cfg, layout.root, source, jobs, "vllm", bench.batch_size)
+        generated = {split: (results[2 * k], results[2 * k + 1]) for k, split in enumerate(splits)}
     model, tokenizer = load_policy(source, cfg.model)
     reference = load_policy(policy_dir(cfg, layout, 0), cfg.model, model.device)[0] if iteration else None
     judge = build_ranker(cfg, ranker_model_dir(cfg, layout))
@@ -143,10 +125,9 @@ def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
     all_scores, all_baseline, all_lengths, all_baseline_lengths = [], [], [], []
     for split, rows in splits.items():
         prompts, ids = [row["prompt"] for row in rows], [row["prompt_id"] for row in rows]
-        if split in generated:
-            greedy, sampled = generated[split]
-        else:
-            greedy, sampled = hf_generations(cfg, model, tokenizer, split, prompts, ids)
+        greedy, sampled = generated.get(split) or generate_jobs(
+            cfg, layout.root, source, benchmark_jobs(cfg, split, rows), bench.backend, bench.batch_size,
+            loaded=(model, tokenizer))
         flat_prompts = [row["prompt"] for row, gens in zip(rows, sampled) for _ in gens]
         flat_samples = [g for gens in sampled for g in gens]
         verdicts: list[dict] = [{} for _ in rows]  # per prompt: the checkers' verdicts, with the verifier

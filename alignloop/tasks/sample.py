@@ -8,8 +8,9 @@ from pathlib import Path
 from alignloop.config import Config
 from alignloop.errors import InputError
 from alignloop.io import read_jsonl, write_jsonl
-from alignloop.models.generation import Generation, generate
-from alignloop.models.policy import load_policy, load_tokenizer, policy_hash
+from alignloop.models.backends import generate_jobs
+from alignloop.models.generation import Generation, GenerationJob
+from alignloop.models.policy import policy_hash
 from alignloop.paths import Layout
 from alignloop.seeds import derive_seed
 from alignloop.sources.models import policy_dir
@@ -39,19 +40,10 @@ def iteration_prompts(cfg: Config, layout: Layout, iteration: int) -> list[dict]
 def generate_samples(cfg: Config, layout: Layout, source: Path, prompts: list[dict], seed: int,
                      description: str) -> list[list[Generation]]:
     """`sample.num_samples` responses per prompt from the policy at `source`, with `sample.backend`."""
-    texts, ids = [row["prompt"] for row in prompts], [row["prompt_id"] for row in prompts]
-    if cfg.sample.backend == "vllm":
-        from alignloop.models.vllm_engine import GenerationJob, vllm_generate
-
-        job = GenerationJob(texts, ids, greedy=False, max_new_tokens=cfg.sample.max_new_tokens,
-                            num_samples=cfg.sample.num_samples, temperature=cfg.sample.temperature,
-                            top_p=cfg.sample.top_p, seed=seed)
-        return vllm_generate(cfg, layout.root, source, load_tokenizer(source, cfg.model), [job])[0]
-    model, tokenizer = load_policy(source, cfg.model)
-    return generate(model, tokenizer, texts, num_samples=cfg.sample.num_samples, temperature=cfg.sample.temperature,
-                    top_p=cfg.sample.top_p, max_new_tokens=cfg.sample.max_new_tokens,
-                    batch_size=cfg.sample.batch_size, seed=seed, prompt_ids=ids, max_length=cfg.model.max_length,
-                    description=description, kv_cache=cfg.model.kv_cache, engine=cfg.sample.backend)
+    job = GenerationJob([row["prompt"] for row in prompts], [row["prompt_id"] for row in prompts], greedy=False,
+                        max_new_tokens=cfg.sample.max_new_tokens, num_samples=cfg.sample.num_samples,
+                        temperature=cfg.sample.temperature, top_p=cfg.sample.top_p, seed=seed, description=description)
+    return generate_jobs(cfg, layout.root, source, [job], cfg.sample.backend, cfg.sample.batch_size)[0]
 
 
 def run_sample(cfg: Config, layout: Layout, iteration: int) -> None:
