@@ -20,6 +20,7 @@ import yaml
 from alignloop import __version__
 from alignloop.config import JUDGE_NAMES, Config
 from alignloop.io import read_json, write_text
+from alignloop.metric_keys import judge_measure
 from alignloop.paths import Layout
 from alignloop.report.rows import eval_splits, iteration_rows
 
@@ -67,7 +68,8 @@ def _with_delta(value: float | None, baseline: float | None) -> str:
 def _scores_tables(cfg: Config, rows: list[dict]) -> str:
     """Per evaluation set, one row per iteration; scores show their change against SFT (iteration 0)."""
     judge = JUDGE_NAMES[cfg.rank.ranker]
-    columns = [f"greedy_{judge}", f"sampled_{judge}", *(["greedy_gold", "sampled_gold"] if judge != "gold" else []),
+    columns = [judge_measure("greedy", judge), judge_measure("sampled", judge),
+               *([judge_measure("greedy", "gold"), judge_measure("sampled", "gold")] if judge != "gold" else []),
                *(f"{level}_{mode}" for level in ("prompt", "instruction") for mode in ("strict", "loose")),
                "sampled_prompt_strict", "greedy_exact_match", "win_rate_vs_sft", "lc_win_rate_vs_sft", "greedy_length",
                "kl_to_sft", "sampled_entropy"]

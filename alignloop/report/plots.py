@@ -17,6 +17,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from alignloop.config import JUDGE_NAMES, Config  # noqa: E402
 from alignloop.io import read_json, read_jsonl  # noqa: E402
+from alignloop.metric_keys import score_key
 from alignloop.paths import Layout  # noqa: E402
 from alignloop.report.rows import eval_splits  # noqa: E402
 
@@ -50,14 +51,15 @@ def _finish(figure: Figure, axes: list, xlabel: str = "iteration") -> Figure:
 def scores_figure(cfg: Config, rows: Rows) -> Figure:
     """Greedy and sampled scores per evaluation set by iteration; the dotted line is SFT's greedy score."""
     judge, x = JUDGE_NAMES[cfg.rank.ranker], _iterations(rows)
-    splits = [split for split in eval_splits(rows) if f"{split}/greedy_{judge}" in rows[0]["metrics"]]  # scored sets
+    splits = [split for split in eval_splits(rows) if score_key(split, "greedy", judge) in rows[0]["metrics"]]  # scored
     figure, axes = _grid(len(splits))
     for axis, split in zip(axes, splits):
         for mode, style in (("greedy", "-o"), ("sampled", "-s")):
-            axis.plot(x, _series(rows, f"{split}/{mode}_{judge}"), style, label=f"{mode} ({judge})")
-        if judge != "gold" and f"{split}/greedy_gold" in rows[0]["metrics"]:
-            axis.plot(x, _series(rows, f"{split}/greedy_gold"), "--^", label="greedy (gold)")
-        axis.axhline(rows[0]["metrics"][f"{split}/greedy_{judge}"], color="grey", linestyle=":", label="SFT greedy")
+            axis.plot(x, _series(rows, score_key(split, mode, judge)), style, label=f"{mode} ({judge})")
+        if judge != "gold" and score_key(split, "greedy", "gold") in rows[0]["metrics"]:
+            axis.plot(x, _series(rows, score_key(split, "greedy", "gold")), "--^", label="greedy (gold)")
+        axis.axhline(rows[0]["metrics"][score_key(split, "greedy", judge)], color="grey", linestyle=":",
+                     label="SFT greedy")
         axis.set_title(split)
         axis.set_ylabel("mean score")
     return _finish(figure, axes)

@@ -8,6 +8,7 @@ from typing import Any
 
 from alignloop.config import JUDGE_NAMES, Config
 from alignloop.io import read_json
+from alignloop.metric_keys import score_key
 from alignloop.paths import Layout, eval_split_names
 
 
@@ -21,7 +22,8 @@ def table_columns(cfg: Config) -> tuple[str, ...]:
                 "unseen_types/prompt_loose", "no_constraint/greedy_length", "retention_relative_change",
                 "in_distribution/kl_to_sft")
     judge = JUDGE_NAMES[cfg.rank.ranker]
-    return (f"{first}/greedy_{judge}", f"{first}/sampled_{judge}", *(f"{s}/greedy_{judge}" for s in others),
+    return (score_key(first, "greedy", judge), score_key(first, "sampled", judge),
+            *(score_key(split, "greedy", judge) for split in others),
             f"{first}/sampled_entropy", "win_rate_vs_sft", "lc_win_rate_vs_sft")
 
 

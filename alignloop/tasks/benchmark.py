@@ -23,6 +23,7 @@ from alignloop.config import Config
 from alignloop.errors import NonFiniteError
 from alignloop.io import atomic_path, read_jsonl, write_json, write_jsonl
 from alignloop.methods.length_control import length_controlled_win_rate
+from alignloop.metric_keys import score_key
 from alignloop.models.backends import generate_jobs
 from alignloop.models.generation import Generation, GenerationJob
 from alignloop.models.logprobs import (
@@ -160,8 +161,8 @@ def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
         scored = not all(math.isnan(score) for score in greedy_scores)
         if scored:
             metrics |= {
-                f"{split}/greedy_{judge.name}": mean(greedy_scores),
-                f"{split}/sampled_{judge.name}": mean(s for scores in sampled_scores for s in scores),
+                score_key(split, "greedy", judge.name): mean(greedy_scores),
+                score_key(split, "sampled", judge.name): mean(s for scores in sampled_scores for s in scores),
                 f"{split}/win_rate_vs_sft": win_rate(greedy_scores, baseline_scores),
                 f"{split}/lc_win_rate_vs_sft": length_controlled_win_rate(outcomes(greedy_scores, baseline_scores),
                                                                           lengths, sft_lengths),
@@ -174,9 +175,10 @@ def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
         }
         if all("answer" in row for row in rows):  # the testbed knows the right answer
             if judge.name != "gold":  # the truth next to a learned judge's opinion (does optimising it drift?)
-                metrics[f"{split}/greedy_gold"] = mean(gold_score(r["answer"], g[0].text) for r, g in zip(rows, greedy))
-                metrics[f"{split}/sampled_gold"] = mean(gold_score(r["answer"], g.text)
-                                                        for r, gens in zip(rows, sampled) for g in gens)
+                metrics[score_key(split, "greedy", "gold")] = mean(gold_score(r["answer"], g[0].text)
+                                                                  for r, g in zip(rows, greedy))
+                metrics[score_key(split, "sampled", "gold")] = mean(gold_score(r["answer"], g.text)
+                                                                   for r, gens in zip(rows, sampled) for g in gens)
             metrics[f"{split}/greedy_exact_match"] = mean(exact_match(r["answer"], g[0].text)
                                                           for r, g in zip(rows, greedy))
             metrics[f"{split}/sampled_exact_match"] = mean(exact_match(r["answer"], g.text)
