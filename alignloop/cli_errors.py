@@ -99,9 +99,9 @@ def _unexpected(exc: BaseException, what: str | None = None) -> None:
 def _interrupted(signum: int) -> None:
     name = signal.Signals(signum).name
     if Current.command == "run":
-        from alignloop.flows import pipeline  # already imported: `run` is running it
+        from alignloop.pipeline import flow  # already imported: `run` is running it
 
-        stage = pipeline.current_stage
+        stage = flow.current_stage
         where = f" during stage {stage}" if stage else ""
         line = f"alignloop: interrupted ({name}){where}; finished stages are kept, run again to resume"
     elif Current.command == "stage" and Current.stage:

@@ -50,8 +50,8 @@ def test_stage_retries_come_from_params(prefect_harness, monkeypatch, tmp_path: 
     from prefect import flow
 
     from alignloop.config import Config
-    from alignloop.flows import pipeline
     from alignloop.paths import Layout
+    from alignloop.pipeline import flow as pipeline
     from alignloop.pipeline import stages
     from alignloop.pipeline.flow import RunState, StageError, run_step
 
@@ -64,8 +64,12 @@ def test_stage_retries_come_from_params(prefect_harness, monkeypatch, tmp_path: 
             raise RuntimeError("device lost")
         out.write_text("done\n")
 
-    stage = dataclasses.replace(stages.STAGES["sample"], run=flaky, deps=lambda layout, cfg, i: [],
-                                outs=lambda layout, cfg, i: [out])
+    class FlakyStage(stages.Stage):
+        def run_here(self, cfg, layout, iteration):
+            flaky(cfg, layout, iteration)
+
+    fields = {field.name: getattr(stages.STAGES["sample"], field.name) for field in dataclasses.fields(stages.Stage)}
+    stage = FlakyStage(**fields | {"deps": lambda layout, cfg, i: [], "outs": lambda layout, cfg, i: [out]})
     monkeypatch.setitem(stages.STAGES, "sample", stage)
     cfg = Config(pipeline={"retries": {"sample": retries}, "retry_delay_seconds": 0})
 
