@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from alignloop.models.cfn import CFNHead, pseudo_counts
 from alignloop.models.cfn_diagnostics import neighbour_counts, spearman
+from alignloop.models.coin_flipping import CFNHead, pseudo_counts
 
 
 def load_head(path: Path) -> tuple[CFNHead, CFNHead]:

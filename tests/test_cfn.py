@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alignloop.models.cfn import CFNHead, ReplayBuffer, bonuses, coin_flips, pseudo_counts, train_cfn
 from alignloop.models.cfn_diagnostics import neighbour_counts, ranks, spearman
+from alignloop.models.coin_flipping import CFNHead, ReplayBuffer, bonuses, coin_flips, pseudo_counts, train_cfn
 
 VISITS = (1, 2, 4, 8, 16, 32, 64)
 STATES_PER_COUNT = 4  # 28 states: within what a 32-wide head can tell apart

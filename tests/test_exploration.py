@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from alignloop.config import ModelConfig
-from alignloop.models.cfn import CFNHead, ReplayBuffer, bonuses, train_cfn
 from alignloop.models.cfn_features import last_token_features
+from alignloop.models.coin_flipping import CFNHead, ReplayBuffer, bonuses, train_cfn
 from alignloop.models.exploration import copo_term
 from alignloop.models.losses import LOSSES, LossParams, PairBatch
 from alignloop.models.policy import load_policy

@@ -41,7 +41,7 @@ class EvolveConfig(Section):
 
 
 class CFNConfig(Section):
-    """COPO's Coin Flipping Network (alignloop/models/cfn.py): pseudo-counts of prompt–response pairs for the
+    """COPO's Coin Flipping Network (alignloop/models/coin_flipping.py): pseudo-counts of prompt–response pairs for the
     exploration bonus. Used when `optimize.exploration: copo`."""
 
     d: int = Field(20, ge=1)

@@ -36,8 +36,8 @@ def gguf_architecture(path: Path) -> str:
     """`general.architecture` of a GGUF file (`llama`, `qwen2`, ...), read from its metadata only.
 
     Reads the key-value pairs up to that key, which writers put first. `gguf.GGUFReader` would also do, but it parses
-    every metadata array element by element (3.8 s for SmolLM2's 49k-token vocabulary and merges on a 2-core CPU),
-    which an up-front check should not cost. A file that is not GGUF is a ConfigError naming `model.name_or_path`.
+    every metadata array element by element (seconds for a 49k-token vocabulary and its merges), which an up-front
+    check should not cost. A file that is not GGUF is a ConfigError naming `model.name_or_path`.
     """
     try:
         with open(path, "rb") as file:

@@ -103,8 +103,8 @@ def vllm_generate(cfg: Config, root: Path, model_dir: Path, tokenizer: PreTraine
     if result["weights"] != expected:
         raise StalePolicyError(f"vLLM generated from weights {result['weights']}, but the policy at {model_dir} is "
                                f"{expected}; nothing was written")
-    return [_generations(job, request, outputs, tokenizer, set(stop_ids))
-            for job, request, outputs in zip(jobs, requests, result["jobs"])]
+    return [_generations(request, outputs, tokenizer, set(stop_ids))
+            for request, outputs in zip(requests, result["jobs"])]
 
 
 def _worker_env(extra: dict[str, str]) -> dict[str, str]:
@@ -117,7 +117,7 @@ def _last_line(log_path: Path) -> str:
     return lines[-1] if lines else "no output"
 
 
-def _generations(job: GenerationJob, request: dict, outputs: list[list[dict]], tokenizer, stop_ids: set[int]
+def _generations(request: dict, outputs: list[list[dict]], tokenizer, stop_ids: set[int]
                  ) -> list[list[Generation]]:
     results = []
     for seed, completions in zip(request["seeds"], outputs):

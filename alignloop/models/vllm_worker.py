@@ -32,8 +32,8 @@ def weights_hash(model_dir: str) -> str:
 
 
 def engine(request: dict):
-    # In-process engine: no extra worker process to leak, a seconds-long start (the multiprocess one takes ~20 s on
-    # CPU); chunked prefill stays off because seeded sampling fails with it on vLLM's CPU build.
+    # In-process engine: no extra worker process to leak, and a faster start than the multiprocess one on CPU;
+    # chunked prefill stays off because seeded sampling fails with it on vLLM's CPU build.
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm import LLM
 

@@ -102,7 +102,7 @@ def model_dir(name_or_path: str, key: str, layout: Layout) -> Path:
     return Path(read_json(layout.model_record)[key])
 
 
-def model_deps(name_or_path: str, key: str, layout: Layout) -> list[Path]:
+def model_deps(name_or_path: str, layout: Layout) -> list[Path]:
     """What a stage reading this model depends on: its directory (relative to the project when given so, which keeps
     dvc.yaml portable), or for a hub model the record of its snapshot (a snapshot is immutable, and its directory is
     unknown before prepare downloads it)."""
@@ -127,7 +127,7 @@ def base_model_dir(cfg: Config, layout: Layout) -> Path:
 def base_model_deps(cfg: Config, layout: Layout) -> list[Path]:
     if uses_base_model_dir(cfg):
         return [layout.base_model]
-    return model_deps(cfg.model.name_or_path, "model.name_or_path", layout)
+    return model_deps(cfg.model.name_or_path, layout)
 
 
 def gguf_source_deps(cfg: Config, layout: Layout) -> list[Path]:
@@ -166,7 +166,7 @@ def ranker_deps(cfg: Config, layout: Layout) -> list[Path]:
     if trains_ranker(cfg):
         return [layout.reward_model]
     named = ranker_model(cfg)
-    return [] if named is None else model_deps(named[1], named[0], layout)
+    return [] if named is None else model_deps(named[1], layout)
 
 
 def reward_init_dir(cfg: Config, layout: Layout) -> Path:
@@ -179,7 +179,7 @@ def reward_init_dir(cfg: Config, layout: Layout) -> Path:
 def reward_init_deps(cfg: Config, layout: Layout) -> list[Path]:
     if cfg.reward.init == "policy":
         return policy_deps(cfg, layout, 0)
-    return model_deps(cfg.reward.init, "reward.init", layout)
+    return model_deps(cfg.reward.init, layout)
 
 
 def policy_dir(cfg: Config, layout: Layout, iteration: int) -> Path:

@@ -18,8 +18,8 @@ from safetensors.torch import load_file, save_file
 from alignloop.config import Config
 from alignloop.errors import InputError, NonFiniteError
 from alignloop.io import atomic_path, read_jsonl, write_json, write_jsonl
-from alignloop.models.cfn import CFNHead, ReplayBuffer, bonuses, pseudo_counts, train_cfn
 from alignloop.models.cfn_features import last_token_features
+from alignloop.models.coin_flipping import CFNHead, ReplayBuffer, bonuses, pseudo_counts, train_cfn
 from alignloop.models.generation import generate
 from alignloop.models.logprobs import tokenize_ids
 from alignloop.models.policy import load_policy
