@@ -39,6 +39,9 @@ ARMS: dict[str, tuple[str, ...]] = {
     # The released recipe's α/β (1e-4 / 0.01) at this β (0.1). α = 1 (seed 0, 2026-12-07) made the exploration term
     # ~300 times DPO's loss on 135M-model sequences (loss 27 vs 0.09, gradient norm 77 vs 2.7).
     "copo": ("optimize.exploration=copo", "optimize.copo_alpha=0.001"),
+    # eva's creator on the verifier task: one more or one other constraint type per evolved prompt, drawn toward the
+    # types the policy breaks (evolve.evolver: constraints); iteration 2 trains on the evolved set.
+    "eva": ("evolve.enabled=true", "evolve.evolver=constraints"),
     "tdpo2": ("optimize.loss=tdpo2",),
     "srdpo": ("optimize.loss=srdpo",),
     "ipo": ("optimize.loss=ipo",),
@@ -49,6 +52,7 @@ ARMS: dict[str, tuple[str, ...]] = {
 # Each arm's claim as (metric, direction, control arm): what its paper says it improves over the control.
 CLAIMS: dict[str, tuple[str, int, str]] = {
     "copo": ("in_distribution/prompt_strict", +1, "dpo"),  # exploration finds what plain sampling misses
+    "eva": ("unseen_types/prompt_strict", +1, "dpo"),  # harder prompts generalise to types never trained
     "tdpo2": ("in_distribution/sampled_entropy", +1, "dpo"),  # more diverse at equal accuracy
     "srdpo": ("in_distribution/prompt_strict", +1, "dpo"),
     "ipo": ("in_distribution/prompt_strict", 0, "dpo"),  # no accuracy claim: compared, no direction

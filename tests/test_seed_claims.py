@@ -63,3 +63,22 @@ def test_an_arm_starts_from_the_controls_finished_project_without_its_mlflow_sto
     unfinished.mkdir()
     seed_claims.start_from_control(unfinished, tmp_path / "ipo" / "seed-0")
     assert not (tmp_path / "ipo").exists()
+
+
+def test_every_arm_is_a_valid_config_within_the_budget():
+    """Each arm's params (the preset, the budget, the arm's overrides) pass the config, so no arm fails late."""
+    import importlib.util
+    import os
+
+    import yaml
+
+    if importlib.util.find_spec("if_verifiable") is None and os.environ.get("ALIGNLOOP_REQUIRE_REAL_KIT") != "1":
+        pytest.skip("if-verifiable is not installed (the real-model kit)")
+    from alignloop.config import parse_config
+
+    preset = yaml.safe_load(seed_claims.PRESET.read_text())
+    for arm, overrides in seed_claims.ARMS.items():
+        cfg = parse_config(seed_claims.seed_params(preset, 0, overrides=(*seed_claims.BUDGET, *overrides)))
+        assert cfg.iterations == 2 and cfg.sample.num_prompts == 48, arm
+    eva = parse_config(seed_claims.seed_params(preset, 0, overrides=seed_claims.ARMS["eva"]))
+    assert eva.evolve.enabled and eva.evolve.evolver == "constraints"

@@ -103,10 +103,14 @@ def check_config(cfg: Config) -> None:
             raise ValueError("rank.ranker: gold scores only the testbed's prompts (it needs their answers); use "
                              "reward_model with data.train")
         if cfg.evolve.enabled and cfg.evolve.evolver == "testbed":
-            raise ValueError("evolve.evolver: testbed rewrites only testbed prompts; use llm with data.train")
+            raise ValueError("evolve.evolver: testbed rewrites only testbed prompts; use constraints with "
+                             "data.sharegpt, llm with data.train")
         if cfg.sft.enabled and cfg.data.sft is None and not cfg.data.is_verifiable:
             raise ValueError("data.sft: SFT needs demonstrations with data.train (or set sft.enabled: false to "
                              "start from model.name_or_path as it is)")
+    if cfg.evolve.enabled and cfg.evolve.evolver == "constraints" and not cfg.data.is_verifiable:
+        raise ValueError("evolve.evolver: constraints evolves the verifiable constraints of data.sharegpt prompts; "
+                         "use testbed on the testbed, llm with data.train")
     if cfg.sample.max_new_tokens >= cfg.model.max_length:
         raise ValueError(f"sample.max_new_tokens: must be < model.max_length ({cfg.model.max_length}) to leave "
                          f"room for the prompt, got {cfg.sample.max_new_tokens}")

@@ -27,12 +27,16 @@ class EvolveConfig(Section):
     """Share of evolved prompts in the next set; the rest come from the buffer of earlier prompts."""
     in_depth_probability: float = Field(0.5, ge=0, le=1)
     """Probability that a variant comes from an in-depth (harder) operator rather than an in-breadth one."""
-    evolver: Literal["testbed", "llm"] = "testbed"
-    """Who rewrites: the testbed's programmatic operators, or a causal LM prompted with meta-instructions."""
+    evolver: Literal["testbed", "llm", "constraints"] = "testbed"
+    """Who rewrites: the testbed's programmatic operators, a causal LM prompted with meta-instructions, or (with
+    data.sharegpt) `constraints`: the same user prompt with one more verifiable constraint (in depth) or one swapped
+    for another type (in breadth), drawn from data.constraints.train and favouring the types the policy fails."""
     max_depth: int = Field(3, ge=1, le=4)
     """testbed evolver: longest chain of composed skills (the `harder` split composes up to 3)."""
     max_input_length: int = Field(8, ge=1, le=32)
     """testbed evolver: longest input string (keep it within lengths the model can reach)."""
+    max_constraints: int = Field(3, ge=1)
+    """constraints evolver: the most constraints one evolved prompt may carry."""
     llm_model: str = "policy"
     """llm evolver: `policy` (the iteration-start policy) or a local path / hub id of a causal LM."""
     llm_temperature: float = Field(0.8, gt=0)

@@ -58,9 +58,15 @@ class Stage:
 
 
 def _evolver_deps(layout: Layout, cfg: Config, i: int) -> list[Path]:
+    """The llm evolver's own model; the constraints evolver reads the responses (which types the policy broke)."""
     if cfg.evolve.evolver == "llm" and cfg.evolve.llm_model != "policy" and Path(cfg.evolve.llm_model).exists():
         return [Path(cfg.evolve.llm_model)]
-    return []
+    return [layout.samples(i)] if cfg.evolve.evolver == "constraints" else []
+
+
+def _evolve_params(cfg: Config) -> tuple[str, ...]:
+    """The constraints evolver draws from data.constraints.train."""
+    return ("seed", "evolve", "sample", "model", *(("data",) if cfg.evolve.evolver == "constraints" else ()))
 
 
 def _previous_buffer(layout: Layout, cfg: Config, i: int) -> list[Path]:
@@ -138,7 +144,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("rank", _rank_params,
           deps=lambda layout, cfg, i: [layout.prompts(i), layout.samples(i), *ranker_deps(cfg, layout)],
           outs=lambda layout, cfg, i: [layout.scores(i), layout.pairs(i), layout.rank_stats(i)]),
-    Stage("evolve", ("seed", "evolve", "sample", "model"),
+    Stage("evolve", _evolve_params,
           deps=lambda layout, cfg, i: [*(layout.prompts(k) for k in range(1, i + 1)), layout.scores(i),
                                        *_eval_sets(layout, cfg), *policy_deps(cfg, layout, i - 1),
                                        *_evolver_deps(layout, cfg, i)],

@@ -22,6 +22,7 @@ from alignloop.models.policy import load_policy, load_tokenizer
 from alignloop.paths import Layout, eval_split_names
 from alignloop.seeds import derive_seed
 from alignloop.sources.models import policy_dir
+from alignloop.sources.prompts import prompt_id
 from alignloop.testbed.data import task_row
 from alignloop.testbed.evolution import Limits, difficulty, evolve_task, parse_task, task_from_row, unsolvable_reason
 
@@ -102,6 +103,58 @@ def llm_candidates(cfg: Config, layout: Layout, seeds: list[tuple[dict, float]],
     return candidates, skipped
 
 
+def type_failure_rates(prompts: list[dict], samples: list[dict], family: str) -> dict[str, float]:
+    """Per instruction id, the share of this iteration's responses that broke it (strict): where the policy fails."""
+    from alignloop.verifiers.checkers import check_response
+
+    by_id = {row["prompt_id"]: row for row in prompts}
+    broken: Counter = Counter()
+    seen: Counter = Counter()
+    for sample in samples:
+        row = by_id[sample["prompt_id"]]
+        verdicts = check_response(family, row["instruction_id_list"], row["kwargs"], sample["response"])
+        for iid, (strict, _) in zip(row["instruction_id_list"], verdicts):
+            seen[iid] += 1
+            broken[iid] += not strict
+    return {iid: broken[iid] / seen[iid] for iid in seen}
+
+
+def constraint_candidates(cfg: Config, layout: Layout, seeds: list[tuple[dict, float]], iteration: int,
+                          rng: random.Random) -> tuple[list[dict], Counter]:
+    """`variants_per_seed` variants per seed: the same user prompt with one more constraint (in depth, with
+    `in_depth_probability`) or one swapped for another type (in breadth), the new type drawn from
+    data.constraints.train in proportion to how often this iteration's responses broke it (a type no prompt carried
+    weighs as a type always broken). Every variant is verifiable: its ids and arguments are on the row."""
+    from alignloop.verifiers.checkers import constrained_prompt, evolve_constraints, rebuilt_constraints
+
+    train = cfg.data.constraint_sets.train
+    family, allowed = train.family, train.instruction_ids()
+    failures = type_failure_rates(read_jsonl(layout.prompts(iteration)), read_jsonl(layout.samples(iteration)),
+                                  family)
+    weights = {iid: failures.get(iid, 1.0) for iid in allowed}
+    candidates, failed = [], Counter()
+    for parent, score in seeds:
+        constraints = rebuilt_constraints(family, parent["instruction_id_list"], parent["kwargs"])
+        for variant in range(cfg.evolve.variants_per_seed):
+            for attempt in range(EVOLVE_ATTEMPTS):
+                operator = "add_constraint" if rng.random() < cfg.evolve.in_depth_probability else "swap_constraint"
+                drawn = evolve_constraints(family, constraints, allowed, operator, weights, cfg.evolve.max_constraints,
+                                           seed=derive_seed(cfg.seed, "evolve", iteration, parent["prompt_id"],
+                                                            variant, attempt))
+                if drawn is None:
+                    failed[f"{operator} not applicable"] += 1
+                    continue
+                text = constrained_prompt(parent["base_prompt"], drawn)
+                candidates.append({
+                    "prompt_id": prompt_id(text), "prompt": text, "base_prompt": parent["base_prompt"],
+                    "source_id": parent.get("source_id", ""), "constraint_family": family,
+                    "instruction_id_list": [c.instruction_id for c in drawn], "kwargs": [c.kwargs for c in drawn],
+                    "parent_id": parent["prompt_id"], "operator": operator, "parent_informativeness": score,
+                    "born": iteration})
+                break
+    return candidates, failed
+
+
 def solvable_check(cfg: Config) -> Callable[[dict], str | None]:
     """The gold ranker grades only testbed tasks it can solve; a learned ranker scores any prompt."""
     max_answer = cfg.sample.max_new_tokens - CHECK_AND_EOS
@@ -127,6 +180,8 @@ def run_evolve(cfg: Config, layout: Layout, iteration: int) -> None:
 
     if cfg.evolve.evolver == "testbed":
         candidates, skipped = testbed_candidates(cfg, seeds, iteration, rng)
+    elif cfg.evolve.evolver == "constraints":
+        candidates, skipped = constraint_candidates(cfg, layout, seeds, iteration, rng)
     else:
         candidates, skipped = llm_candidates(cfg, layout, seeds, iteration, rng)
     tokenizer = load_tokenizer(policy_dir(cfg, layout, iteration - 1), cfg.model)
@@ -159,7 +214,10 @@ def run_evolve(cfg: Config, layout: Layout, iteration: int) -> None:
 
 
 def mean_difficulty(rows: list[dict]) -> dict[str, float]:
-    """Mean input length, depth and answer distance of testbed rows (rows without an answer are skipped)."""
+    """Mean input length, depth and answer distance of testbed rows (rows without an answer are skipped); for
+    verifiable rows, the mean number of constraints per prompt."""
+    if rows and all("instruction_id_list" in row for row in rows):
+        return {"constraints": sum(len(row["instruction_id_list"]) for row in rows) / len(rows)}
     measured = [difficulty(task_from_row(row)) for row in rows if "answer" in row]
     if not measured:
         return {}

@@ -254,6 +254,44 @@ def draw_constraints(family: str, ids: Sequence[str], min_count: int, max_count:
             for index, iid in enumerate(_draw_ids(family, ids, count, rng))]
 
 
+def rebuilt_constraints(family: str, instruction_ids: Sequence[str], kwargs_list: Sequence[dict]
+                        ) -> list[Constraint]:
+    """A row's constraints as drawn (the description each checker builds from the stored kwargs)."""
+    return [Constraint(iid, dict(kwargs), _build_checker(family, iid, kwargs)[1])
+            for iid, kwargs in zip(instruction_ids, kwargs_list)]
+
+
+EVOLVE_OPERATORS = ("add_constraint", "swap_constraint")  # in depth (one more), in breadth (another type)
+
+
+def evolve_constraints(family: str, constraints: Sequence[Constraint], allowed: Sequence[str], operator: str,
+                       weights: dict[str, float], max_count: int, seed: int) -> list[Constraint] | None:
+    """eva's operators on a verifiable prompt's constraints, reproducibly from `seed`: `add_constraint` appends one
+    of `allowed` (not yet on the prompt, in conflict with none of its constraints), `swap_constraint` replaces one
+    constraint by another such id; the new id is drawn ∝ `weights` (e.g. how often the policy fails the type; 1 for
+    an id it lacks) and its arguments as `draw_constraints` draws them. None when the operator cannot apply (the
+    prompt already holds `max_count` constraints, or no id fits)."""
+    rng = random.Random(_derive(seed, "evolve", operator))
+    conflicts = _conflicts(family)
+    kept = list(constraints)
+    if operator == "swap_constraint":
+        if not kept:
+            return None
+        del kept[rng.randrange(len(kept))]
+    elif operator != "add_constraint":
+        raise ValueError(f"unknown operator {operator!r}; operators are {', '.join(EVOLVE_OPERATORS)}")
+    if len(kept) >= max_count:
+        return None
+    present = {c.instruction_id for c in constraints}
+    clash = set().union(*(conflicts.get(c.instruction_id, frozenset()) for c in kept)) if kept else set()
+    candidates = [iid for iid in sorted(allowed) if iid not in present and iid not in clash
+                  and not any(c.instruction_id in conflicts.get(iid, frozenset()) for c in kept)]
+    if not candidates:
+        return None
+    pick = rng.choices(candidates, weights=[max(weights.get(iid, 1.0), 1e-3) for iid in candidates])[0]
+    return [*kept, _draw_constraint(family, pick, seed, len(kept))]
+
+
 def constrained_prompt(prompt: str, constraints: Sequence[Constraint]) -> str:
     """The prompt, a space, then the descriptions joined by spaces (the layout of Tülu 3's RLVR prompts)."""
     return " ".join([prompt, *(constraint.description for constraint in constraints)])
