@@ -74,7 +74,7 @@ def accuracy_part(project: Path, params: dict, seeds: list[int], noises: list[fl
         ensemble_strength,
         flip_some,
         meta_batches,
-        testbed_pairs,
+        own_pairs,
     )
 
     layout, rows = Layout(project), []
@@ -82,7 +82,7 @@ def accuracy_part(project: Path, params: dict, seeds: list[int], noises: list[fl
         base = parse_config({**params, "seed": seed, "testbed": {**params.get("testbed", {}), "label_noise": 0.0}})
         init = reward_init_dir(base, layout)
         tokenizer = load_tokenizer(init, base.model)
-        clean, samples = testbed_pairs(base, layout)  # samples drawn once per seed; noise only flips labels
+        clean, samples = own_pairs(base, layout)  # samples drawn once per seed; noise only flips labels
         held = [row for row in clean if row["split"] == "eval"]
         eval_pairs = encode_pairs(tokenizer, held, base.model.max_length)
         groups = meta_batches(tokenizer, [row for row in clean if row["split"] == "train"], samples,

@@ -34,6 +34,12 @@ from real_model import PRESET, read_project, run_seed, seed_params
 # sample 180 s, prepare 34 s), over the 12 minutes an arm should take; shorter answers are the next cut.
 BUDGET = ("iterations=2", "sample.num_prompts=48", "data.sharegpt.eval_size=16",
           "data.sharegpt.reference_answers=16", "benchmark.max_new_tokens=64")
+# A reward model trained once on policy 0's samples, labelled by the verifier with a share of labels flipped, ranks
+# the loop instead of the verifier; the verifier still measures (over-optimisation). Unmeasured so far: the budget of
+# these arms (64 + 32 prompts × 4 samples, 2 ensemble members, one epoch) is a first guess.
+REWARD_BUDGET = ("reward.enabled=true", "rank.ranker=reward_model", "reward.num_prompts=64", "reward.eval_prompts=32",
+                 "reward.max_new_tokens=64", "reward.batch_size=16", "reward.epochs=1", "reward.learning_rate=1e-5",
+                 "reward.ensemble_size=2")
 ARMS: dict[str, tuple[str, ...]] = {
     "dpo": (),
     # The released recipe's α/β (1e-4 / 0.01) at this β (0.1). α = 1 (seed 0, 2026-12-07) made the exploration term
@@ -48,6 +54,10 @@ ARMS: dict[str, tuple[str, ...]] = {
     "sripo": ("optimize.loss=sripo",),
     "simpo": ("optimize.loss=simpo",),
     "nll": ("optimize.nll_weight=1.0",),
+    # Secrets of RLHF II on the verifier task: raw Bradley-Terry and the two denoising variants the testbed liked
+    # best at 20 % noise (flip + margin, flip), at 20 % and 40 % flipped labels.
+    **{f"rm_{method}_{noise}": (*REWARD_BUDGET, f"reward.label_noise=0.{noise // 10}", f"reward.denoising={method}")
+       for method in ("none", "flip_margin", "flip") for noise in (20, 40)},
 }
 # Each arm's claim as (metric, direction, control arm): what its paper says it improves over the control.
 CLAIMS: dict[str, tuple[str, int, str]] = {
@@ -59,6 +69,9 @@ CLAIMS: dict[str, tuple[str, int, str]] = {
     "sripo": ("in_distribution/prompt_strict", +1, "ipo"),
     "simpo": ("in_distribution/prompt_strict", +1, "dpo"),
     "nll": ("retention_relative_change", +1, "dpo"),  # the anchor keeps the model's likelihood of real answers
+    # denoising recovers what label noise costs the raw reward model, on the verifier's accuracy
+    **{f"rm_{method}_{noise}": ("in_distribution/prompt_strict", +1, f"rm_none_{noise}")
+       for method in ("flip_margin", "flip") for noise in (20, 40)},
 }
 METRICS = {  # key: column
     "in_distribution/prompt_strict": "in_dist greedy", "in_distribution/sampled_prompt_strict": "in_dist sampled",

@@ -154,6 +154,9 @@ def _reward_model_known(cfg: Config) -> None:
     if trained and cfg.rank.reward_model:
         raise ValueError("rank.reward_model: leave it empty with reward.enabled (the run ranks with the reward "
                          "model it trains), or set reward.enabled: false")
-    if cfg.reward.enabled and not cfg.data.is_testbed and cfg.reward.data is None:
+    if cfg.reward.label_noise and not cfg.data.is_verifiable:
+        raise ValueError("reward.label_noise: flips the verifier's labels of data.sharegpt pairs; on the testbed use "
+                         "testbed.label_noise, with reward.data flip the file's labels yourself")
+    if cfg.reward.enabled and not cfg.data.is_testbed and not cfg.data.is_verifiable and cfg.reward.data is None:
         raise ValueError("reward.data: required with data.train (preference pairs with prompt, chosen and "
-                         "rejected columns); the testbed builds its own")
+                         "rejected columns); the testbed and data.sharegpt build their own")

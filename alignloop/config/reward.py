@@ -37,15 +37,19 @@ class RewardConfig(Section):
     a local directory / hub id of a model whose backbone loads into AutoModelForSequenceClassification."""
     data: PreferenceSetConfig | None = None
     """Preference pairs to train on; required with data.train. On the testbed (no data.train), pairs are built
-    from policy 0's samples ranked by the gold scorer, with `testbed.label_noise` of their labels flipped."""
+    from policy 0's samples ranked by the gold scorer, with `testbed.label_noise` of their labels flipped; with
+    data.sharegpt, ranked by the verifier (the fraction of constraints followed), with `label_noise` flipped."""
+    label_noise: float = Field(0.0, ge=0, le=0.5)
+    """data.sharegpt: the share of training pairs whose verifier labels are flipped at random (the noisy-preference
+    study; held-out pairs keep true labels). On the testbed the same is `testbed.label_noise`."""
     eval_fraction: float = Field(0.1, gt=0, lt=1)
     """`data`: share of the pairs held out for accuracy (chosen by a hash of the prompt, so a prompt's pairs stay
     together)."""
     num_prompts: int = Field(2000, ge=1)
-    """Testbed: training prompts (from the end of the prompt pool, away from the iterations' slices); with `data`
-    and MetaRM: prompts whose policy samples form MetaRM's meta-batches."""
+    """Testbed and data.sharegpt: training prompts (from the end of the prompt pool, away from the iterations'
+    slices); with `data` and MetaRM: prompts whose policy samples form MetaRM's meta-batches."""
     eval_prompts: int = Field(300, ge=1)
-    """Testbed: held-out prompts whose pairs keep their true labels (clean accuracy)."""
+    """Testbed and data.sharegpt: held-out prompts whose pairs keep their true labels (clean accuracy)."""
     num_samples: int = Field(4, ge=2)
     """Responses per prompt sampled from policy 0 (testbed pairs: best vs worst by gold score)."""
     temperature: float = Field(1.0, gt=0)

@@ -95,7 +95,9 @@ def _rank_params(cfg: Config) -> tuple[str, ...]:
 
 
 def _reward_params(cfg: Config) -> tuple[str, ...]:
-    return ("seed", "reward", "model", *(("testbed",) if cfg.reward.data is None else ()))
+    own = cfg.reward.data is None  # pairs the run labels itself: the testbed's gold scorer, or the verifier
+    return ("seed", "reward", "model", *(("testbed",) if own and cfg.data.is_testbed else ()),
+            *(("data", "rank") if own and cfg.data.is_verifiable else ()))
 
 
 def _reward_deps(layout: Layout, cfg: Config, i: int) -> list[Path]:

@@ -36,7 +36,7 @@ from alignloop.models.logprobs import (
 )
 from alignloop.models.losses import sequence_sum
 from alignloop.models.policy import load_policy
-from alignloop.models.rankers import build_ranker
+from alignloop.models.rankers import VerifierRanker, build_ranker
 from alignloop.paths import Layout, eval_split_names
 from alignloop.seeds import derive_seed
 from alignloop.sources.models import policy_dir, ranker_model_dir
@@ -153,6 +153,14 @@ def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
             greedy_scores = [scores[0] for scores in judge.score(rows, [[gens[0].text] for gens in greedy])]
             sampled_scores = judge.score(rows, [[g.text for g in gens] for gens in sampled])
             baseline_scores = [baseline.get((split, pid), score) for pid, score in zip(ids, greedy_scores)]
+        if cfg.data.is_verifiable and judge.name != "verifier":  # the checkers next to a learned judge's opinion
+            truth = VerifierRanker()
+            greedy_checks = [checks[0] for checks in truth.check(rows, [[gens[0].text] for gens in greedy])]
+            metrics |= verification_metrics(split, greedy_checks,
+                                            truth.check(rows, [[g.text for g in gens] for gens in sampled]))
+            verdicts = [{"instruction_id_list": row["instruction_id_list"],
+                         "greedy_checks": [list(check) for check in checks]}
+                        for row, checks in zip(rows, greedy_checks)]
         lengths = [gens[0].num_tokens for gens in greedy]
         sft_lengths = [baseline_lengths.get((split, pid), n) for pid, n in zip(ids, lengths)]
         entropy, kl = sample_statistics(model, reference, tokenizer, flat_prompts, flat_samples,

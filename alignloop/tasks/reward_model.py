@@ -1,8 +1,9 @@
 """Stage `reward_model`: train a Bradley–Terry reward model once, after SFT, for `rank.ranker: reward_model`.
 
-1) pairs: `reward.data` (read by prepare into data/preferences.jsonl), or on the testbed policy 0's samples on
-   prompts from the end of the pool, best vs worst by the gold scorer, with `testbed.label_noise` of the training
-   labels flipped (recorded per pair; held-out pairs keep their true labels);
+1) pairs: `reward.data` (read by prepare into data/preferences.jsonl), or policy 0's samples on prompts from the
+   end of the pool, best vs worst by the testbed's gold scorer (`testbed.label_noise` of the training labels
+   flipped) or, with data.sharegpt, by the verifier (`reward.label_noise` flipped); flips are recorded per pair and
+   held-out pairs keep their true labels;
 2) the ensemble: `reward.ensemble_size` plain BT models (different seeds) give each pair's preference strength
    μ and σ of r(chosen) − r(rejected);
 3) the reward model: BT with `reward.denoising` fed by μ, the SimCSE term and MetaRM's meta step when configured
@@ -64,9 +65,23 @@ def flip_some(pairs: list[dict], fraction: float, seed: int) -> list[dict]:
     return out
 
 
-def testbed_pairs(cfg: Config, layout: Layout) -> tuple[list[dict], dict[str, list[dict]]]:
-    """Gold-ranked pairs of policy 0's samples on prompts from the end of the pool (the iterations take slices from
-    its start), and those samples per prompt. The first `reward.eval_prompts` prompts are held out, labels true."""
+def label_pairs(prompts: list[dict], samples: dict[str, list[dict]], scores: dict[str, list[float]], held: int,
+                noise: float, seed: int, drop_unfinished: bool) -> list[dict]:
+    """Best-vs-worst pairs of each prompt's scored samples: the first `held` prompts' pairs held out with true
+    labels ("eval"), the rest for training with round(noise · n) labels flipped (recorded per pair)."""
+    pairs = {}
+    for split, rows in (("eval", prompts[:held]), ("train", prompts[held:])):
+        built, _ = build_pairs(rows, samples, scores, drop_unfinished=drop_unfinished)
+        pairs[split] = [{"pair_id": p["pair_id"], "prompt_id": p["prompt_id"], "prompt": p["prompt"],
+                         "chosen": p["chosen"], "rejected": p["rejected"], "chosen_score": p["chosen_score"],
+                         "rejected_score": p["rejected_score"], "split": split} for p in built]
+    return flip_some(pairs["train"], noise, seed) + [{**pair, "flipped": False} for pair in pairs["eval"]]
+
+
+def own_pairs(cfg: Config, layout: Layout) -> tuple[list[dict], dict[str, list[dict]]]:
+    """Pairs of policy 0's samples on prompts from the end of the pool (the iterations take slices from its start),
+    labelled by the testbed's gold scorer or, with data.sharegpt, by the verifier; and those samples per prompt.
+    The first `reward.eval_prompts` prompts are held out, labels true."""
     rcfg = cfg.reward
     pool = read_jsonl(layout.train_prompts)
     count = min(len(pool), rcfg.num_prompts + rcfg.eval_prompts)
@@ -74,20 +89,23 @@ def testbed_pairs(cfg: Config, layout: Layout) -> tuple[list[dict], dict[str, li
         raise InputError(f"reward_model: the prompt pool has {len(pool)} prompts; it needs at least 2 (one to train "
                          "on, one held out)")
     prompts = pool[len(pool) - count:]
-    held = min(rcfg.eval_prompts, count // 2)
     samples = policy_samples(cfg, layout, prompts)
-    from alignloop.testbed.scorer import gold_score
+    if cfg.data.is_verifiable:  # the fraction of the prompt's constraints followed, as `rank.ranker: verifier`
+        from alignloop.models.rankers import VerifierRanker
 
-    scores = {pid: [gold_score(row["answer"], s["response"]) for s in samples[pid]]
-              for row in prompts for pid in [row["prompt_id"]]}
-    pairs = {}
-    for split, rows in (("eval", prompts[:held]), ("train", prompts[held:])):
-        built, _ = build_pairs(rows, samples, scores, drop_unfinished=True)  # a cut response has no ending
-        pairs[split] = [{"pair_id": p["pair_id"], "prompt_id": p["prompt_id"], "prompt": p["prompt"],
-                         "chosen": p["chosen"], "rejected": p["rejected"], "chosen_score": p["chosen_score"],
-                         "rejected_score": p["rejected_score"], "split": split} for p in built]
-    noisy = flip_some(pairs["train"], cfg.testbed.label_noise, derive_seed(cfg.seed, "label_noise"))
-    return noisy + [{**pair, "flipped": False} for pair in pairs["eval"]], samples
+        scored = VerifierRanker().score(prompts, [[s["response"] for s in samples[row["prompt_id"]]]
+                                                  for row in prompts])
+        scores = {row["prompt_id"]: list(values) for row, values in zip(prompts, scored)}
+        noise, drop_unfinished = rcfg.label_noise, cfg.rank.drop_unfinished
+    else:
+        from alignloop.testbed.scorer import gold_score
+
+        scores = {pid: [gold_score(row["answer"], s["response"]) for s in samples[pid]]
+                  for row in prompts for pid in [row["prompt_id"]]}
+        noise, drop_unfinished = cfg.testbed.label_noise, True  # a cut response has no ending
+    held = min(rcfg.eval_prompts, count // 2)
+    return label_pairs(prompts, samples, scores, held, noise, derive_seed(cfg.seed, "label_noise"),
+                       drop_unfinished), samples
 
 
 def encode_pairs(tokenizer, rows: list[dict], max_length: int) -> list[tuple[list[int], list[int]]]:
@@ -144,7 +162,7 @@ def run_reward_model(cfg: Config, layout: Layout) -> None:
     init = reward_init_dir(cfg, layout)
     tokenizer = load_tokenizer(init, cfg.model)  # chat template and EOS checked; pad falls back to EOS
     if rcfg.data is None:
-        rows, samples = testbed_pairs(cfg, layout)
+        rows, samples = own_pairs(cfg, layout)
     else:
         rows = read_jsonl(layout.preferences)
         samples = {}
@@ -181,8 +199,8 @@ def run_reward_model(cfg: Config, layout: Layout) -> None:
     # 4) one directory, swapped in whole
     flipped = [bool(row.get("flipped", False)) for row in train_rows]
     true_direction = torch.tensor([-1.0 if f else 1.0 for f in flipped], dtype=torch.float64)
-    stats = {"train_pairs": len(train_rows), "eval_pairs": len(eval_rows), "label_noise":
-             cfg.testbed.label_noise if rcfg.data is None else None,
+    noise = None if rcfg.data is not None else rcfg.label_noise if cfg.data.is_verifiable else cfg.testbed.label_noise
+    stats = {"train_pairs": len(train_rows), "eval_pairs": len(eval_rows), "label_noise": noise,
              "eval_accuracy": accuracy(eval_margins),
              "train_accuracy_given_labels": accuracy(train_margins),
              "train_accuracy_true_labels": accuracy(train_margins * true_direction),
