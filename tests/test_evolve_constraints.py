@@ -3,16 +3,15 @@ type, drawn toward the types the policy breaks, every variant checkable, its lin
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import random
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-if importlib.util.find_spec("if_verifiable") is None and os.environ.get("ALIGNLOOP_REQUIRE_REAL_KIT") != "1":
-    pytest.skip("if-verifiable is not installed (the real-model kit)", allow_module_level=True)
+from real_kit import skip_module_without_checkers
+
+skip_module_without_checkers()
 
 from alignloop.config import ConfigError, parse_config  # noqa: E402
 from alignloop.io import write_jsonl  # noqa: E402

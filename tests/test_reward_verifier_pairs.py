@@ -3,14 +3,13 @@ with data.sharegpt), held-out pairs with true labels, an exact share of training
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
 
 from alignloop.config import ConfigError, parse_config
 from alignloop.pipeline.stages import STAGES
 from alignloop.tasks.reward_model import label_pairs
+
+from real_kit import needs_checkers
 
 
 def _data(prompts: int = 10):
@@ -45,8 +44,7 @@ def test_label_noise_is_for_the_verifier_and_the_testbed_keeps_its_own():
     assert params == ("seed", "reward", "model", "testbed")  # unchanged on the testbed: its cache keys too
 
 
-@pytest.mark.skipif(importlib.util.find_spec("if_verifiable") is None
-                    and os.environ.get("ALIGNLOOP_REQUIRE_REAL_KIT") != "1", reason="the real-model kit")
+@needs_checkers
 def test_the_verifier_labels_reward_pairs_on_sharegpt_prompts():
     cfg = parse_config({"data": {"sharegpt": {}}, "sft": {"enabled": False}, "rank": {"ranker": "reward_model"},
                         "reward": {"enabled": True, "label_noise": 0.4}})

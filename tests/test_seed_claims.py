@@ -13,6 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # b
 
 import seed_claims  # noqa: E402
 
+from real_kit import needs_checkers  # noqa: E402
+
 
 def test_distinct_n_counts_repeated_bigrams_once():
     # bigrams: (a b) (b a) (a b) | (a b) -> 2 distinct of 4
@@ -65,15 +67,11 @@ def test_an_arm_starts_from_the_controls_finished_project_without_its_mlflow_sto
     assert not (tmp_path / "ipo").exists()
 
 
+@needs_checkers
 def test_every_arm_is_a_valid_config_within_the_budget():
     """Each arm's params (the preset, the budget, the arm's overrides) pass the config, so no arm fails late."""
-    import importlib.util
-    import os
-
     import yaml
 
-    if importlib.util.find_spec("if_verifiable") is None and os.environ.get("ALIGNLOOP_REQUIRE_REAL_KIT") != "1":
-        pytest.skip("if-verifiable is not installed (the real-model kit)")
     from alignloop.config import parse_config
 
     preset = yaml.safe_load(seed_claims.PRESET.read_text())

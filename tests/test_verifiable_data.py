@@ -3,18 +3,17 @@ verifier ranker on those rows; the config refusing what the checkers cannot do."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-if importlib.util.find_spec("if_verifiable") is None and os.environ.get("ALIGNLOOP_REQUIRE_REAL_KIT") != "1":
-    pytest.skip("if-verifiable is not installed (the real-model kit)", allow_module_level=True)
+from real_kit import skip_module_without_checkers
+
+skip_module_without_checkers()
 
 from alignloop.config import ConfigError, parse_config  # noqa: E402
 from alignloop.config.data import DataConfig  # noqa: E402

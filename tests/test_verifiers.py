@@ -6,7 +6,6 @@ import importlib.util
 import itertools
 import json
 import logging
-import os
 import random
 import subprocess
 import sys
@@ -14,8 +13,9 @@ import textwrap
 
 import pytest
 
-if importlib.util.find_spec("if_verifiable") is None and os.environ.get("ALIGNLOOP_REQUIRE_REAL_KIT") != "1":
-    pytest.skip("if-verifiable is not installed (the real-model kit)", allow_module_level=True)
+from real_kit import skip_module_without_checkers
+
+skip_module_without_checkers()
 
 from alignloop.verifiers import checkers as verifiers  # noqa: E402
 from alignloop.verifiers.checkers import (  # noqa: E402
