@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from alignloop.errors import NonFiniteError
+from alignloop.models.loop import BatchOrder, StepResult, train_steps
+
 
 class CFNHead(nn.Module):
     """dropout → Linear(hidden, width) → LeakyReLU → Linear(width, d), plus an optional fixed random prior that is
@@ -104,20 +107,21 @@ def train_cfn(head: CFNHead, buffer: ReplayBuffer, *, steps: int, batch_size: in
 def _train(head: CFNHead, buffer: ReplayBuffer, steps: int, batch_size: int, learning_rate: float,
            generator: torch.Generator, redraw_flips: bool) -> list[float]:
     optimizer = torch.optim.AdamW(head.parameters(), lr=learning_rate, weight_decay=0.0)
-    order: list[int] = []
-    losses = []
-    head.train()
-    for _ in range(steps):
-        if len(order) < batch_size:
-            order += torch.randperm(len(buffer), generator=generator).tolist()
-        indices, order = order[:batch_size], order[batch_size:]
+    batches = BatchOrder(len(buffer), batch_size, generator)
+
+    def step(index: int) -> StepResult:
+        indices = batches.take()
         targets = (coin_flips(len(indices), buffer.flips.shape[1], generator) if redraw_flips
                    else buffer.flips[indices])
         loss = (head(buffer.features[indices]) - targets).pow(2).mean()
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+        return loss.item(), {}
+
+    def non_finite(index: int, loss: float) -> Exception:
+        return NonFiniteError(f"CFN training, step {index}: loss is {loss}; lower cfn.learning_rate")
+
+    head.train()
+    losses = [row["loss"] for row in train_steps(steps, step, optimizer, non_finite=non_finite)]
     head.eval()
     return losses
 

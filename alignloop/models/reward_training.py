@@ -22,6 +22,7 @@ from alignloop.config.reward import RewardConfig
 from alignloop.errors import InputError, NonFiniteError
 from alignloop.models.batching import batched_by_length
 from alignloop.models.device import resolve_device
+from alignloop.models.loop import BatchOrder, StepResult, train_steps
 from alignloop.models.policy import DTYPES, ModelLoadError
 from alignloop.models.reward_losses import (
     DenoisingParams,
@@ -32,8 +33,6 @@ from alignloop.models.reward_losses import (
 )
 from alignloop.models.reward_model import pooled_forward, right_padded
 from alignloop.models.training import check_finite_weights, enable_gradient_checkpointing, lr_factor
-from alignloop.pipeline import stop_points
-from alignloop.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -202,32 +201,23 @@ def train_reward_model(init_dir: str | Path, tokenizer: PreTrainedTokenizerBase,
     trainable = [param for param in module.parameters() if param.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup))
-    order: list[int] = []
-    meta_order: list[int] = []
-    history = []
-    module.train()
-    for step in progress(range(total), description):
-        if len(order) < batch_size:
-            order += torch.randperm(len(pairs), generator=generator).tolist()
-        indices, order = order[:batch_size], order[batch_size:]
-        batch = _batch(pairs, indices, strength, pad_id, device)
-        optimizer.zero_grad(set_to_none=True)
+    batches = BatchOrder(len(pairs), batch_size, generator)
+    meta_batches = BatchOrder(len(meta_groups or ()), min(settings.metarm_groups, len(meta_groups or ())), generator)
+
+    def step(index: int) -> StepResult:
+        batch = _batch(pairs, batches.take(), strength, pad_id, device)
         record: dict[str, float] = {}
         if settings.metarm:
-            take = min(settings.metarm_groups, len(meta_groups))
-            if len(meta_order) < take:
-                meta_order += torch.randperm(len(meta_groups), generator=generator).tolist()
-            picked, meta_order = meta_order[:take], meta_order[take:]
-            meta = _meta_batch(meta_groups, picked, pad_id, device)
+            meta = _meta_batch(meta_groups, meta_batches.take(), pad_id, device)
             shape = tuple(meta["shape"].tolist())
 
-            def difference_score(reward, meta=meta, shape=shape):
+            def difference_score(reward):
                 rewards, _ = reward(meta["input_ids"], meta["attention_mask"], meta["lengths"])
                 return metarm_difference_score(rewards.float().view(shape))
 
             parts_at_adapted: dict[str, torch.Tensor] = {}
 
-            def loss_at(reward, batch=batch):
+            def loss_at(reward):
                 loss, parts = preference_loss(reward, batch, settings)
                 parts_at_adapted.update(parts)
                 return loss
@@ -241,15 +231,15 @@ def train_reward_model(init_dir: str | Path, tokenizer: PreTrainedTokenizerBase,
         else:
             loss, parts = preference_loss(module, batch, settings)
             loss.backward()
-        if not torch.isfinite(loss):
-            raise NonFiniteRewardLossError(
-                f"{description}, step {step}: loss is {loss.item()}; lower reward.learning_rate (nothing was saved)")
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        history.append({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(),
-                        **{name: value.item() for name, value in parts.items()}, **record})
-        stop_points.reach_in_stage(f"step-{step + 1}")
+        return loss.item(), {**{name: value.item() for name, value in parts.items()}, **record}
+
+    def non_finite(index: int, loss: float) -> Exception:
+        return NonFiniteRewardLossError(f"{description}, step {index}: loss is {loss}; lower reward.learning_rate "
+                                        "(nothing was saved)")
+
+    module.train()
+    history = train_steps(total, step, optimizer, non_finite=non_finite, scheduler=scheduler, description=description,
+                          clip=lambda: torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm))
     classifier.eval()
     check_finite_weights(classifier, description)
     return TrainedReward(classifier, history)

@@ -28,6 +28,7 @@ from alignloop.io import atomic_path, read_jsonl, write_json
 from alignloop.models.device import resolve_device
 from alignloop.models.distributed import make_accelerator, mean_over_processes, sharded, trained_model
 from alignloop.models.logprobs import collate, sequence_logps, to_device, tokenize_ids
+from alignloop.models.loop import BatchOrder, StepResult, train_steps
 from alignloop.models.losses import LOSSES, LossParams
 from alignloop.models.objective import (
     CopoTerm,
@@ -54,8 +55,6 @@ from alignloop.models.training import (
     with_lora,
 )
 from alignloop.paths import Layout
-from alignloop.pipeline import stop_points
-from alignloop.progress import progress
 from alignloop.seeds import derive_seed
 from alignloop.sources.models import policy_dir
 
@@ -246,32 +245,28 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
         log.info("optimize iteration %d: %s on %d pairs, %d steps (%s)%s", iteration, opt.loss, len(pairs),
                  total_steps, " + ".join(term.name for term in terms), f", {accelerator.num_processes} processes "
                  f"({accelerator.distributed_type.value})" if accelerator.num_processes > 1 else "")
-    order: list[int] = []
-    history = []
     model.train()
     started = time.perf_counter()
     own = share(opt.batch_size, accelerator.process_index, accelerator.num_processes)
-    for step in progress(range(total_steps), f"optimize iter {iteration}"):
-        if len(order) < opt.batch_size:
-            order += torch.randperm(len(pairs), generator=generator).tolist()
-        indices, order = order[: opt.batch_size], order[opt.batch_size:]
-        optimizer.zero_grad(set_to_none=True)
+    batches = BatchOrder(len(pairs), opt.batch_size, generator)
+
+    def step(index: int) -> StepResult:
+        indices = batches.take()
         loss, metrics = train_step(accelerator, model, terms, pairs, indices[own.start:own.stop], opt,
                                    tokenizer.pad_token_id, keep_hidden)
         metrics = mean_over_processes(accelerator, {"loss": loss.item(), **metrics})
-        if not math.isfinite(metrics["loss"]):
-            raise NonFiniteLossError(
-                f"optimize iteration {iteration}, step {step}: loss is {metrics['loss']}; lower "
-                f"optimize.learning_rate or optimize.beta (nothing was saved; iteration {iteration - 1}'s policy is "
-                "intact)")
-        grad_norm = accelerator.clip_grad_norm_(trainable, opt.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        # chosen_logp_change (reference-based losses): a fall of > ~1 nat came before every collapse seen on the
-        # testbed (docs/results.md, "Choosing the defaults").
-        grad_norm = float("nan") if grad_norm is None else float(grad_norm)  # DeepSpeed clips inside its step
-        history.append({"step": step, "loss": metrics.pop("loss"), "grad_norm": grad_norm, **metrics})
-        stop_points.reach_in_stage(f"step-{step + 1}")
+        return metrics.pop("loss"), metrics
+
+    def non_finite(index: int, loss: float) -> Exception:
+        return NonFiniteLossError(
+            f"optimize iteration {iteration}, step {index}: loss is {loss}; lower optimize.learning_rate or "
+            f"optimize.beta (nothing was saved; iteration {iteration - 1}'s policy is intact)")
+
+    # chosen_logp_change (reference-based losses): a fall of > ~1 nat came before every collapse seen on the testbed
+    # (docs/results.md, "Choosing the defaults").
+    history = train_steps(total_steps, step, optimizer, non_finite=non_finite, scheduler=scheduler,
+                          clip=lambda: accelerator.clip_grad_norm_(trainable, opt.max_grad_norm),
+                          description=f"optimize iter {iteration}")
 
     # 5) save
     seconds = time.perf_counter() - started  # logged, never written: artifacts stay byte-identical across reruns
