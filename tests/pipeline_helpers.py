@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -54,12 +55,28 @@ def shared_prefect_api() -> str:
 
 @contextmanager
 def temporary_prefect_server() -> Iterator[None]:
-    """Runs started here get no PREFECT_API_URL: each starts Prefect's temporary server, as outside the tests."""
+    """Runs started here get no PREFECT_API_URL and no ready MLflow store: each starts Prefect's temporary server and
+    builds its store, as outside the tests."""
     before, _prefect["shared"] = _prefect["shared"], False
     try:
         yield
     finally:
         _prefect["shared"] = before
+
+
+# A project those runs start in without an MLflow store gets a copy of an empty one, made once per test process:
+# building a store runs MLflow's schema migrations, seconds of CPU each time (environment.prepare_mlflow_store).
+# Runs under `temporary_prefect_server()` build their own, as a user's first run does; tests/test_reliability_store.py
+# and the migration-kill test in tests/test_reliability_interrupts.py test the building itself.
+@lru_cache(maxsize=None)
+def empty_mlflow_store() -> Path:
+    home = Path(tempfile.mkdtemp(prefix="alignloop-test-mlflow-"))
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    store = home / "mlflow.db"
+    subprocess.run([sys.executable, "-c", "from alignloop.pipeline.environment import prepare_mlflow_store as p; p()"],
+                   env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}, check=True, timeout=300,
+                   capture_output=True)
+    return store
 
 
 def env_for(project: Path, **extra: str) -> dict[str, str]:
@@ -69,6 +86,9 @@ def env_for(project: Path, **extra: str) -> dict[str, str]:
             env.pop(key, None)  # each project keeps its own stores
     if "PREFECT_API_URL" not in extra and _prefect["shared"]:
         env["PREFECT_API_URL"] = shared_prefect_api()
+    if (_prefect["shared"] and "MLFLOW_TRACKING_URI" not in extra and (project / "params.yaml").is_file()
+            and not (project / "mlflow.db").exists()):
+        shutil.copyfile(empty_mlflow_store(), project / "mlflow.db")
     return env
 
 
