@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from row_helpers import sample_row
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
@@ -35,8 +36,8 @@ def _iteration(layout: Layout, iteration: int, small_testbed_data, frequent_visi
     others = [(row["prompt"], row["answer"]) for row in small_testbed_data["train_prompts"][12 * iteration:][:12]]
     visits = [FREQUENT] * frequent_visits + [RARE] + others
     tokenizer = AutoTokenizer.from_pretrained(layout.policy(0))
-    write_jsonl(layout.samples(iteration), [{"prompt_id": f"p{k}", "sample_index": 0, "prompt": p, "response": r,
-                                             "response_ids": response_ids(tokenizer, r, True), "finished": True}
+    write_jsonl(layout.samples(iteration), [sample_row(f"p{k}", 0, r, prompt=p, response_ids=response_ids(tokenizer, r,
+                                                                                                          True))
                                             for k, (p, r) in enumerate(visits)])
     # each pair's chosen response is the first sample row holding it, as the rank stage records it
     first_row = {"frequent": 0, "rare": frequent_visits, **{f"o{k}": frequent_visits + 1 + k for k in range(12)}}

@@ -13,6 +13,8 @@ from real_kit import skip_module_without_checkers
 
 skip_module_without_checkers()
 
+from row_helpers import sample_row, score_row  # noqa: E402
+
 from alignloop.config import ConfigError, parse_config  # noqa: E402
 from alignloop.io import write_jsonl  # noqa: E402
 from alignloop.paths import Layout  # noqa: E402
@@ -98,7 +100,7 @@ def test_candidates_keep_the_user_prompt_and_record_lineage(tmp_path: Path) -> N
     rows = [_row("p1", "Describe a cat.", lower), _row("p2", "Describe a dog.", _prompt(7))]
     write_jsonl(layout.prompts(1), rows)
     english = "the cat sat on the warm mat by the window and purred softly all afternoon."
-    write_jsonl(layout.samples(1), [{"prompt_id": "p1", "response": english}, {"prompt_id": "p2", "response": "A DOG"}])
+    write_jsonl(layout.samples(1), [sample_row("p1", 0, english), sample_row("p2", 0, "A DOG")])
     rates = type_failure_rates(rows[:1], [{"prompt_id": "p1", "response": english},
                                           {"prompt_id": "p1", "response": english.upper()}], "ifeval")
     assert rates == {"change_case:english_lowercase": 0.5}  # followed once, broken once
@@ -138,9 +140,9 @@ def test_the_evolve_stage_writes_verifiable_prompts_with_lineage_and_no_eval_pro
     layout = Layout(tmp_path)
     rows = [_row(f"p{k}", f"Tell me about topic number {k}.", _prompt(k)) for k in range(8)]
     write_jsonl(layout.prompts(1), rows)
-    write_jsonl(layout.samples(1), [{"prompt_id": row["prompt_id"], "sample_index": j, "response": text}
+    write_jsonl(layout.samples(1), [sample_row(row["prompt_id"], j, text)
                                     for row in rows for j, text in enumerate(["fine.", "FINE, THANKS"])])
-    write_jsonl(layout.scores(1), [{"prompt_id": row["prompt_id"], "sample_index": j, "score": float(j == k % 2)}
+    write_jsonl(layout.scores(1), [score_row(row["prompt_id"], j, float(j == k % 2))
                                    for k, row in enumerate(rows) for j in range(2)])
     evolved_eval = rows[0] | {"prompt_id": "e0"}  # an evaluation prompt a variant could hit: refused
     for split in ("in_distribution", "unseen_types", "no_constraint"):

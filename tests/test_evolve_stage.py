@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from row_helpers import score_row
 
 from alignloop.config import Config, ModelConfig
 from alignloop.io import read_json, read_jsonl, write_jsonl
@@ -40,8 +41,7 @@ def _project(tmp_path, data, model_dir) -> Layout:
     prompts = [{**row, "iteration": 1} for row in data["train_prompts"][:NUM_PROMPTS]]
     write_jsonl(layout.prompts(1), prompts)
     # prompt k's four rewards spread by k: later prompts are more informative under max_min
-    write_jsonl(layout.scores(1), [{"prompt_id": row["prompt_id"], "sample_index": j,
-                                    "score": 0.5 + (j - 1.5) * k / 200}
+    write_jsonl(layout.scores(1), [score_row(row["prompt_id"], j, 0.5 + (j - 1.5) * k / 200)
                                    for k, row in enumerate(prompts) for j in range(4)])
     layout.policy(0).parent.mkdir(parents=True, exist_ok=True)
     layout.policy(0).symlink_to(model_dir, target_is_directory=True)

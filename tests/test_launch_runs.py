@@ -26,6 +26,7 @@ from pipeline_helpers import (
     make_project,
     run,
     run_until_killed,
+    set_params,
     snapshot,
     statuses,
 )
@@ -90,6 +91,44 @@ def test_two_processes_follow_one(ranked, tmp_path, config, kind):
     start = load_file(ranked / "artifacts/sft/model/model.safetensors")
     moved = max((one_weights[name] - start[name]).abs().max() for name in one_weights)
     assert moved > 1e-3  # training changed the weights, so equal weights mean equal training
+    drift = max((weight - two_weights[name]).abs().max().item() for name, weight in one_weights.items())
+    assert drift <= WEIGHT_TOLERANCE, drift
+
+
+# A reward model on the shared run's policy, trained in one process and then in two: denoised by flipping (the
+# ensemble member trains launched too), batches of 8 split 4 + 4.
+REWARD = {"reward": {"enabled": True, "num_prompts": 64, "eval_prompts": 16, "batch_size": 8, "epochs": 2,
+                     "ensemble_size": 1, "denoising": "flip"}}
+
+
+def test_two_processes_train_the_reward_model_as_one(tiny_run, tmp_path):
+    one = copy_project(tiny_run, tmp_path / "one", dvc=False, mlflow=False)
+    set_params(one, REWARD)
+    run([ALIGNLOOP, "stage", "reward_model"], one)
+    two = copy_project(tiny_run, tmp_path / "two", dvc=False, mlflow=False)
+    set_params(two, {**REWARD, **LAUNCHED})
+    result = run([ALIGNLOOP, "stage", "reward_model"], two)
+    assert "2 processes (MULTI_CPU)" in result.stdout + result.stderr
+
+    one_log = json.loads((one / "artifacts/reward_model/train_log.json").read_text())
+    two_log = json.loads((two / "artifacts/reward_model/train_log.json").read_text())
+    assert one_log["steps"] == two_log["steps"] >= 4
+    for one_step, two_step in zip(one_log["history"], two_log["history"], strict=True):
+        assert set(one_step) == set(two_step)
+        for name, value in one_step.items():
+            close = (pytest.approx(value, rel=LOSS_RELATIVE_TOLERANCE, abs=0) if name == "loss"
+                     else pytest.approx(value, abs=1e-4))
+            assert two_step[name] == close, (one_step["step"], name, value, two_step[name])
+    # the launched ensemble member's preference strengths, which the final model's flips read
+    one_strength, two_strength = ([json.loads(line).get("strength") for line in
+                                   (project / "artifacts/reward_model/pairs.jsonl").read_text().splitlines()]
+                                  for project in (one, two))
+    assert any(value is not None for value in one_strength)
+    assert two_strength == pytest.approx(one_strength, abs=1e-4)
+
+    one_weights = load_file(one / "artifacts/reward_model/model/model.safetensors")
+    two_weights = load_file(two / "artifacts/reward_model/model/model.safetensors")
+    assert sorted(one_weights) == sorted(two_weights)
     drift = max((weight - two_weights[name]).abs().max().item() for name, weight in one_weights.items())
     assert drift <= WEIGHT_TOLERANCE, drift
 

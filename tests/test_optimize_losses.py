@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from row_helpers import pair_row
 from safetensors.torch import load_file
 
 from alignloop.config import Config
@@ -37,10 +38,10 @@ def _project(tmp_path, sft_dir, small_testbed_data) -> Layout:
     rows = []
     for index, prompt in enumerate(small_testbed_data["train_prompts"][:8]):
         chosen, rejected = prompt["answer"], prompt["answer"][::-1] + "xyz"
-        rows.append({"pair_id": f"p{index}", "prompt": prompt["prompt"], "chosen": chosen,
-                     "chosen_ids": response_ids(tokenizer, chosen, True), "chosen_finished": True,
-                     "rejected": rejected, "rejected_ids": response_ids(tokenizer, rejected, index % 2 == 0),
-                     "rejected_finished": index % 2 == 0, "chosen_score": 0.85, "rejected_score": 0.1})
+        rows.append(pair_row(f"p{index}", prompt["prompt"], chosen, rejected,
+                             chosen_ids=response_ids(tokenizer, chosen, True),
+                             rejected_ids=response_ids(tokenizer, rejected, index % 2 == 0),
+                             rejected_finished=index % 2 == 0, chosen_score=0.85, rejected_score=0.1))
     write_jsonl(layout.pairs(1), rows)
     return layout
 

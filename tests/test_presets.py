@@ -31,7 +31,7 @@ def test_the_preset_validates_and_holds_the_recipe(name: str, tmp_path: Path) ->
     assert (cfg.sample.backend, cfg.benchmark.backend, cfg.pipeline.launcher) == ("vllm", "vllm", "accelerate")
     config = accelerate_config_file(cfg, tmp_path)
     assert config == REPO / "configs/accelerate/multi_gpu.yaml" and launch_processes(config) == 8
-    _launch_fits(cfg, 8)  # the batches split evenly over the 8 processes
+    _launch_fits(cfg, 8, config)  # the batches split evenly over the 8 processes
     if name.startswith("copo"):
         assert (cfg.rank.ranker, cfg.optimize.exploration) == ("pairrm", "copo")
         assert (cfg.optimize.beta, cfg.optimize.copo_alpha, cfg.optimize.copo_scale) == (0.01, 1e-4, 0.1)

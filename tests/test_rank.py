@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from row_helpers import sample_row
 
 from alignloop.config import parse_config
 from alignloop.io import read_json, read_jsonl, write_jsonl
@@ -20,8 +21,7 @@ def best_vs_worst(samples: list[dict], scores: list[float]) -> tuple[int, int] |
 
 
 def _samples(prompt_id: str, responses: list[str], finished=lambda index: index % 2 == 0) -> list[dict]:
-    return [{"prompt_id": prompt_id, "sample_index": index, "response": response,
-             "response_ids": [ord(c) for c in response], "finished": finished(index)}
+    return [sample_row(prompt_id, index, response, finished=finished(index))
             for index, response in enumerate(responses)]
 
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from alignloop.config.base import ConfigError, Section, describe_error
+from alignloop.config.base import ConfigError, Section, describe_error, require
 from alignloop.config.data import DataConfig
 from alignloop.config.losses import LossParams
 from alignloop.config.methods import CFNConfig, EvolveConfig
@@ -169,9 +169,8 @@ class RankConfig(Section):
 
     @model_validator(mode="after")
     def _pairrm_given(self) -> RankConfig:
-        if self.ranker == "pairrm" and not self.pairrm:
-            raise ValueError("pairrm: required when ranker is pairrm (a directory or hub id, e.g. "
-                             "llm-blender/PairRM-hf)")
+        if self.ranker == "pairrm":
+            require(self.pairrm, "pairrm", "ranker is pairrm", "a directory or hub id, e.g. llm-blender/PairRM-hf")
         return self
 
 

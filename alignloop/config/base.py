@@ -41,3 +41,9 @@ def describe_error(error: dict[str, Any]) -> str:
         field, sep, problem = message.partition(": ")
         return f"{path}.{field}: {problem}" if sep and field.isidentifier() else f"{path}: {message}"
     return f"{path}: {error['msg'][0].lower()}{error['msg'][1:]}, got {value!r}"
+
+
+def require(value: Any, key: str, when: str, hint: str) -> None:
+    """A field another field's value makes necessary: `<key>: required when <when> (<hint>)` if it is empty."""
+    if not value:
+        raise ValueError(f"{key}: required when {when} ({hint})")

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from alignloop.config.base import Section
+from alignloop.config.base import Section, require
 
 
 class VllmConfig(Section):
@@ -62,9 +62,9 @@ class PipelineConfig(Section):
 
     @model_validator(mode="after")
     def _launcher_config(self) -> PipelineConfig:
-        if self.launcher == "accelerate" and not self.accelerate_config:
-            raise ValueError("accelerate_config: launcher is accelerate, so name an accelerate config file (e.g. "
-                             "configs/accelerate/multi_gpu.yaml)")
+        if self.launcher == "accelerate":
+            require(self.accelerate_config, "accelerate_config", "launcher is accelerate",
+                    "an accelerate config file, e.g. configs/accelerate/multi_gpu.yaml")
         return self
 
     @model_validator(mode="after")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from alignloop.stage_rows import PairRow, SampleRow
+
 Picks = list[tuple[int, int]]  # (chosen, rejected) positions
 
 
@@ -42,9 +44,9 @@ PAIR_RULES: dict[str, Callable[[list[float], float, random.Random], Picks]] = {
     "max_min": max_min, "best_vs_random": best_vs_random, "all_pairs": all_pairs}
 
 
-def build_pairs(prompts: list[dict], samples_by_prompt: dict[str, list[dict]],
+def build_pairs(prompts: list[dict], samples_by_prompt: dict[str, list[SampleRow]],
                 scores_by_prompt: dict[str, list[float]], drop_unfinished: bool = True, rule: str = "max_min",
-                min_gap: float = 0.0, seed: int = 0) -> tuple[list[dict], dict[str, int]]:
+                min_gap: float = 0.0, seed: int = 0) -> tuple[list[PairRow], dict[str, int]]:
     """Pairs, and how many prompts gave none and why: all eligible responses tied, fewer than two eligible
     (unfinished), or no score gap above `min_gap`."""
     pick = PAIR_RULES[rule]
@@ -62,13 +64,13 @@ def build_pairs(prompts: list[dict], samples_by_prompt: dict[str, list[dict]],
         for chosen_pos, rejected_pos in picks:
             chosen_at, rejected_at = eligible[chosen_pos], eligible[rejected_pos]
             chosen, rejected = samples[chosen_at], samples[rejected_at]
-            pairs.append({
-                "pair_id": f"{row['prompt_id']}-{chosen['sample_index']}-{rejected['sample_index']}",
-                "prompt_id": row["prompt_id"], "prompt": row["prompt"],
-                "chosen": chosen["response"], "rejected": rejected["response"],
-                "chosen_ids": chosen["response_ids"], "rejected_ids": rejected["response_ids"],
-                "chosen_finished": chosen["finished"], "rejected_finished": rejected["finished"],
-                "chosen_score": scores[chosen_at], "rejected_score": scores[rejected_at],
-                "chosen_index": chosen["sample_index"], "rejected_index": rejected["sample_index"],
-            })
+            pairs.append(PairRow(
+                pair_id=f"{row['prompt_id']}-{chosen['sample_index']}-{rejected['sample_index']}",
+                prompt_id=row["prompt_id"], prompt=row["prompt"],
+                chosen=chosen["response"], rejected=rejected["response"],
+                chosen_ids=chosen["response_ids"], rejected_ids=rejected["response_ids"],
+                chosen_finished=chosen["finished"], rejected_finished=rejected["finished"],
+                chosen_score=scores[chosen_at], rejected_score=scores[rejected_at],
+                chosen_index=chosen["sample_index"], rejected_index=rejected["sample_index"],
+            ))
     return pairs, dropped

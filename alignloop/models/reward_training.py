@@ -22,6 +22,7 @@ from alignloop.config.reward import RewardConfig
 from alignloop.errors import InputError, NonFiniteError
 from alignloop.models.batching import batched_by_length
 from alignloop.models.device import resolve_device
+from alignloop.models.distributed import mean_over_processes
 from alignloop.models.loop import BatchOrder, StepResult, train_steps
 from alignloop.models.policy import DTYPES, ModelLoadError
 from alignloop.models.reward_losses import (
@@ -32,6 +33,7 @@ from alignloop.models.reward_losses import (
     simcse_contrastive,
 )
 from alignloop.models.reward_model import pooled_forward, right_padded
+from alignloop.models.shares import share
 from alignloop.models.training import check_finite_weights, enable_gradient_checkpointing, lr_factor
 
 log = logging.getLogger(__name__)
@@ -68,8 +70,9 @@ class TrainedReward:
 
 
 def load_classifier(init_dir: str | Path, model_cfg: ModelConfig, pad_token_id: int, seed: int,
-                    dropout: float | None = None) -> torch.nn.Module:
-    """A one-label classifier from `init_dir` (its backbone; a new head drawn from `seed` alone), on the device."""
+                    dropout: float | None = None, device: torch.device | None = None) -> torch.nn.Module:
+    """A one-label classifier from `init_dir` (its backbone; a new head drawn from `seed` alone), on `device` (by
+    default the one `model.device` names)."""
     try:
         config = AutoConfig.from_pretrained(str(init_dir), num_labels=1, trust_remote_code=model_cfg.trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -94,7 +97,7 @@ def load_classifier(init_dir: str | Path, model_cfg: ModelConfig, pad_token_id: 
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"{init_dir}: could not load as a sequence classifier ({exc})".splitlines()[0]
                                  ) from None
-    return model.to(resolve_device(model_cfg.device))
+    return model.to(device or resolve_device(model_cfg.device))
 
 
 def restore_dropout(model: torch.nn.Module, init_dir: str | Path, model_cfg: ModelConfig) -> None:
@@ -173,11 +176,16 @@ def _meta_batch(groups: list[list[Sequence]], picked: list[int], pad_id: int, de
 def train_reward_model(init_dir: str | Path, tokenizer: PreTrainedTokenizerBase, pairs: list[TokenPair],
                        rcfg: RewardConfig, model_cfg: ModelConfig, seed: int, strength: torch.Tensor | None = None,
                        meta_groups: list[list[Sequence]] | None = None, denoise: bool = True,
-                       description: str = "reward model") -> TrainedReward:
+                       description: str = "reward model", accelerator=None) -> TrainedReward:
     """Train one reward model on `pairs` (chosen first in each). `strength` is the ensemble's μ per pair (needed by
     every denoising variant but none); `meta_groups` are the policy's responses grouped per prompt (equal sizes;
     needed by MetaRM). `denoise=False` trains plain BT (no SimCSE, no MetaRM): an ensemble member.
-    Head initialisation and data order come from `seed` alone."""
+    Head initialisation and data order come from `seed` alone.
+
+    With an `accelerator` of several processes (data parallel: `pipeline.launcher: accelerate`), each process takes
+    an equal share of every batch and the gradients are averaged: the steps of one process over the whole batch, up
+    to float rounding. Every process returns the trained model. MetaRM and the SimCSE term, whose terms couple the
+    whole batch, need one process (pipeline/runnable.py refuses them earlier)."""
     if not pairs:
         raise InputError(f"{description}: no preference pairs to train on")
     settings = rcfg if denoise else rcfg.model_copy(update={"denoising": "none", "contrastive_weight": 0.0,
@@ -186,9 +194,16 @@ def train_reward_model(init_dir: str | Path, tokenizer: PreTrainedTokenizerBase,
         raise ValueError(f"{description}: denoising {settings.denoising} needs the ensemble's preference strength")
     if settings.metarm and not meta_groups:
         raise ValueError(f"{description}: MetaRM needs the policy's responses (meta_groups)")
+    processes = accelerator.num_processes if accelerator is not None else 1
+    if processes > 1 and (settings.metarm or settings.contrastive_weight):
+        raise InputError(f"{description}: MetaRM and the SimCSE term train in one process only")
+    if processes > 1 and len(pairs) < settings.batch_size:
+        raise InputError(f"{description}: {len(pairs)} pairs, fewer than reward.batch_size ({settings.batch_size}); "
+                         f"with {processes} processes every batch must be full. Lower reward.batch_size")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     classifier = load_classifier(init_dir, model_cfg, pad_id, seed,
-                                 settings.contrastive_dropout if settings.contrastive_weight else None)
+                                 settings.contrastive_dropout if settings.contrastive_weight else None,
+                                 accelerator.device if accelerator is not None else None)
     if model_cfg.gradient_checkpointing:
         enable_gradient_checkpointing(classifier)
     module, device = PooledReward(classifier), next(classifier.parameters()).device
@@ -200,12 +215,19 @@ def train_reward_model(init_dir: str | Path, tokenizer: PreTrainedTokenizerBase,
     warmup = round(settings.warmup_ratio * total)
     trainable = [param for param in module.parameters() if param.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
+    if accelerator is not None:
+        module, optimizer = accelerator.prepare(module, optimizer)
+        trainable = [param for param in module.parameters() if param.requires_grad]
+    # Stepped once per batch, not prepared: accelerate would step it once per process.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup))
+    own = share(batch_size, accelerator.process_index if accelerator is not None else 0, processes)
+    backward = accelerator.backward if accelerator is not None else torch.Tensor.backward
+    clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
     batches = BatchOrder(len(pairs), batch_size, generator)
     meta_batches = BatchOrder(len(meta_groups or ()), min(settings.metarm_groups, len(meta_groups or ())), generator)
 
     def step(index: int) -> StepResult:
-        batch = _batch(pairs, batches.take(), strength, pad_id, device)
+        batch = _batch(pairs, batches.take()[own.start:own.stop], strength, pad_id, device)
         record: dict[str, float] = {}
         if settings.metarm:
             meta = _meta_batch(meta_groups, meta_batches.take(), pad_id, device)
@@ -230,8 +252,11 @@ def train_reward_model(init_dir: str | Path, tokenizer: PreTrainedTokenizerBase,
             record["difference_score"] = meta_step.difference_score.item()
         else:
             loss, parts = preference_loss(module, batch, settings)
-            loss.backward()
-        return loss.item(), {**{name: value.item() for name, value in parts.items()}, **record}
+            backward(loss)
+        values = {"loss": loss.item(), **{name: value.item() for name, value in parts.items()}, **record}
+        if processes > 1:
+            values = mean_over_processes(accelerator, values)
+        return values.pop("loss"), values
 
     def non_finite(index: int, loss: float) -> Exception:
         return NonFiniteRewardLossError(f"{description}, step {index}: loss is {loss}; lower reward.learning_rate "
@@ -239,7 +264,10 @@ def train_reward_model(init_dir: str | Path, tokenizer: PreTrainedTokenizerBase,
 
     module.train()
     history = train_steps(total, step, optimizer, non_finite=non_finite, scheduler=scheduler, description=description,
-                          clip=lambda: torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm))
+                          clip=lambda: clip(trainable, settings.max_grad_norm))
+    if accelerator is not None:
+        classifier = accelerator.unwrap_model(module).classifier
+        accelerator.free_memory()  # the next model (an ensemble member, the final one) is prepared afresh
     classifier.eval()
     check_finite_weights(classifier, description)
     return TrainedReward(classifier, history)

@@ -23,7 +23,8 @@ def check_runnable(cfg: Config, root: Path = Path(".")) -> None:
         if uses_vllm(cfg):
             vllm_python(cfg, root)
         if cfg.pipeline.launcher == "accelerate":
-            _launch_fits(cfg, launch_processes(accelerate_config_file(cfg, root)))
+            path = accelerate_config_file(cfg, root)
+            _launch_fits(cfg, launch_processes(path), path)
         if cfg.data.is_testbed:
             check_prompts_fit(cfg.testbed, cfg.model.max_length)
     except (ValueError, FileNotFoundError) as exc:
@@ -45,13 +46,34 @@ def launch_processes(path: Path) -> int:
     return processes
 
 
-def _launch_fits(cfg: Config, processes: int) -> None:
+def _reward_launch_fits(cfg: Config, processes: int, path: Path) -> None:
+    """Reward-model training splits each batch between data-parallel processes; what couples a whole batch (MetaRM's
+    meta step, SimCSE's in-batch negatives) or shards the weights it does not do."""
+    if processes == 1:
+        return
+    if cfg.reward.batch_size % processes:
+        raise ValueError(f"reward.batch_size: {cfg.reward.batch_size} does not split into {processes} equal shares "
+                         f"(pipeline.accelerate_config starts {processes} processes)")
+    for key, on in (("reward.metarm", cfg.reward.metarm), ("reward.contrastive_weight", cfg.reward.contrastive_weight)):
+        if on:
+            raise ValueError(f"{key}: its loss couples the whole batch, which reward-model training does not split "
+                             "between processes; use pipeline.launcher: python (one process) with it")
+    distributed = (yaml.safe_load(path.read_text()) or {}).get("distributed_type")
+    if distributed in ("FSDP", "DEEPSPEED"):
+        raise ValueError(f"pipeline.accelerate_config: {path} shards the weights ({distributed}); reward-model "
+                         "training runs data-parallel only (a MULTI_GPU or MULTI_CPU config), or in one process with "
+                         "pipeline.launcher: python")
+
+
+def _launch_fits(cfg: Config, processes: int, path: Path) -> None:
     """Every process takes an equal share of each batch: the batch sizes must split evenly."""
     if cfg.optimize.batch_size % processes:
         raise ValueError(f"optimize.batch_size: {cfg.optimize.batch_size} does not split into {processes} equal "
                          f"shares (pipeline.accelerate_config starts {processes} processes)")
     if cfg.sft.enabled:
         sft_batch_shares(cfg.sft.batch_size, cfg.sft.micro_batch_size, processes)
+    if cfg.reward.enabled:
+        _reward_launch_fits(cfg, processes, path)
     from alignloop.models.losses import LOSSES  # torch: only for a launch of several processes
 
     if processes > 1 and LOSSES[cfg.optimize.loss].needs_kl:

@@ -40,6 +40,7 @@ from alignloop.models.rankers import VerifierRanker, build_ranker
 from alignloop.paths import Layout, eval_split_names
 from alignloop.seeds import derive_seed
 from alignloop.sources.models import policy_dir, ranker_model_dir
+from alignloop.stage_rows import BenchmarkRow, read_rows
 from alignloop.testbed.scorer import exact_match, gold_score
 from alignloop.verifiers.metrics import followed_fraction, verification_metrics
 
@@ -116,12 +117,12 @@ def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
     model, tokenizer = load_policy(source, cfg.model)
     reference = load_policy(policy_dir(cfg, layout, 0), cfg.model, model.device)[0] if iteration else None
     judge = build_ranker(cfg, ranker_model_dir(cfg, layout))
-    sft_rows = [] if iteration == 0 else read_jsonl(layout.benchmark_outputs(0))
+    sft_rows = [] if iteration == 0 else read_rows(layout.benchmark_outputs(0), BenchmarkRow)
     baseline = {(row["split"], row["prompt_id"]): row["greedy_score"] for row in sft_rows}
     baseline_lengths = {(row["split"], row["prompt_id"]): row["greedy_tokens"] for row in sft_rows}
     anchor_texts = {(row["split"], row["prompt_id"]): row["greedy"] for row in sft_rows}
     metrics: dict[str, float] = {}
-    outputs: list[dict] = []
+    outputs: list[BenchmarkRow] = []
     exports: dict[str, list[dict]] = {}
     all_scores, all_baseline, all_lengths, all_baseline_lengths = [], [], [], []
     for split, rows in splits.items():
@@ -196,9 +197,10 @@ def run_benchmark(cfg: Config, layout: Layout, iteration: int) -> None:
             all_baseline += baseline_scores
             all_lengths += lengths
             all_baseline_lengths += sft_lengths
-        outputs += [{"split": split, "prompt_id": pid, "prompt": row["prompt"], **_answer(row),
-                     "greedy": gens[0].text, "greedy_score": _finite(score), "greedy_tokens": gens[0].num_tokens,
-                     "sampled": [g.text for g in samples], "sampled_scores": [_finite(s) for s in s_scores], **verdict}
+        outputs += [BenchmarkRow(split=split, prompt_id=pid, prompt=row["prompt"], **_answer(row), greedy=gens[0].text,
+                                 greedy_score=_finite(score), greedy_tokens=gens[0].num_tokens,
+                                 sampled=[g.text for g in samples], sampled_scores=[_finite(s) for s in s_scores],
+                                 **verdict)
                     for pid, row, gens, score, samples, s_scores, verdict
                     in zip(ids, rows, greedy, greedy_scores, sampled, sampled_scores, verdicts)]
         exports[split] = alpaca_eval_rows(rows, greedy, f"alignloop-iter-{iteration}", split)

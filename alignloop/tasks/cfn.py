@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from alignloop.config import Config
 from alignloop.errors import InputError, NonFiniteError
-from alignloop.io import atomic_path, read_jsonl, write_json, write_jsonl
+from alignloop.io import atomic_path, write_json, write_jsonl
 from alignloop.models.cfn_features import last_token_features
 from alignloop.models.coin_flipping import CFNHead, ReplayBuffer, bonuses, pseudo_counts, train_cfn
 from alignloop.models.generation import generate
@@ -26,6 +26,7 @@ from alignloop.models.policy import load_policy
 from alignloop.paths import Layout
 from alignloop.seeds import derive_seed
 from alignloop.sources.models import policy_dir
+from alignloop.stage_rows import PairRow, SampleRow, read_rows
 
 log = logging.getLogger(__name__)
 HEAD_FILE = "head.safetensors"
@@ -67,7 +68,7 @@ def check_bonuses(bonus: torch.Tensor, counts: torch.Tensor, iteration: int) -> 
 def run_cfn(cfg: Config, layout: Layout, iteration: int) -> None:
     started = time.perf_counter()
     model, tokenizer = load_policy(policy_dir(cfg, layout, iteration - 1), cfg.model)
-    samples, pairs = read_jsonl(layout.samples(iteration)), read_jsonl(layout.pairs(iteration))
+    samples, pairs = read_rows(layout.samples(iteration), SampleRow), read_rows(layout.pairs(iteration), PairRow)
     if not samples:
         raise InputError(f"cfn: {layout.samples(iteration)} has no samples")
 

@@ -23,6 +23,7 @@ from alignloop.paths import Layout, eval_split_names
 from alignloop.seeds import derive_seed
 from alignloop.sources.models import policy_dir
 from alignloop.sources.prompts import prompt_id
+from alignloop.stage_rows import SampleRow, ScoreRow, read_rows
 from alignloop.testbed.data import task_row
 from alignloop.testbed.evolution import Limits, difficulty, evolve_task, parse_task, task_from_row, unsolvable_reason
 
@@ -129,8 +130,8 @@ def constraint_candidates(cfg: Config, layout: Layout, seeds: list[tuple[dict, f
 
     train = cfg.data.constraint_sets.train
     family, allowed = train.family, train.instruction_ids()
-    failures = type_failure_rates(read_jsonl(layout.prompts(iteration)), read_jsonl(layout.samples(iteration)),
-                                  family)
+    failures = type_failure_rates(read_jsonl(layout.prompts(iteration)),
+                                  read_rows(layout.samples(iteration), SampleRow), family)
     weights = {iid: failures.get(iid, 1.0) for iid in allowed}
     candidates, failed = [], Counter()
     for parent, score in seeds:
@@ -173,7 +174,7 @@ def run_evolve(cfg: Config, layout: Layout, iteration: int) -> None:
     prompts = read_jsonl(layout.prompts(iteration))
     if not prompts:
         raise InputError(f"evolve: {layout.prompts(iteration)} has no prompts")
-    scores = prompt_scores(prompts, read_jsonl(layout.scores(iteration)), cfg.evolve.informativeness)
+    scores = prompt_scores(prompts, read_rows(layout.scores(iteration), ScoreRow), cfg.evolve.informativeness)
     rng = random.Random(derive_seed(cfg.seed, "evolve", iteration))
     seed_indices = select_seeds(scores, cfg.evolve.seed_fraction, cfg.evolve.selection, rng)
     seeds = [(prompts[k], scores[k]) for k in seed_indices]

@@ -57,6 +57,7 @@ from alignloop.models.training import (
 from alignloop.paths import Layout
 from alignloop.seeds import derive_seed
 from alignloop.sources.models import policy_dir
+from alignloop.stage_rows import PairRow, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ def run_optimize(cfg: Config, layout: Layout, iteration: int) -> None:
     opt = cfg.optimize
     out_dir = layout.policy(iteration)
     start_dir = policy_dir(cfg, layout, iteration - 1)
-    pairs_rows = read_jsonl(layout.pairs(iteration))
+    pairs_rows = read_rows(layout.pairs(iteration), PairRow)
     accelerator = make_accelerator(resolve_device(cfg.model.device))
     # on this process's own device: under `accelerate launch` on GPUs, process k loads onto GPU k
     policy, tokenizer = load_policy(start_dir, cfg.model, accelerator.device)

@@ -19,6 +19,7 @@ from alignloop.models.rankers import build_ranker
 from alignloop.paths import Layout
 from alignloop.seeds import derive_seed
 from alignloop.sources.models import ranker_model_dir
+from alignloop.stage_rows import SampleRow, ScoreRow, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,8 @@ def check_scores(score_lists: list[list[float]], prompts: list[dict], ranker: st
 
 def run_rank(cfg: Config, layout: Layout, iteration: int) -> None:
     prompts = read_jsonl(layout.prompts(iteration))
-    samples_by_prompt: dict[str, list[dict]] = defaultdict(list)
-    for sample in read_jsonl(layout.samples(iteration)):
+    samples_by_prompt: dict[str, list[SampleRow]] = defaultdict(list)
+    for sample in read_rows(layout.samples(iteration), SampleRow):
         samples_by_prompt[sample["prompt_id"]].append(sample)
     for group in samples_by_prompt.values():
         group.sort(key=lambda sample: sample["sample_index"])
@@ -46,7 +47,7 @@ def run_rank(cfg: Config, layout: Layout, iteration: int) -> None:
                                  seed=derive_seed(cfg.seed, "rank", iteration))
 
     write_jsonl(layout.scores(iteration), (
-        {"prompt_id": row["prompt_id"], "sample_index": index, "score": score, "ranker": cfg.rank.ranker}
+        ScoreRow(prompt_id=row["prompt_id"], sample_index=index, score=score, ranker=cfg.rank.ranker)
         for row, scores in zip(prompts, score_lists) for index, score in enumerate(scores)))
     write_jsonl(layout.pairs(iteration), pairs)
     all_scores = [score for scores in score_lists for score in scores]

@@ -24,6 +24,8 @@ from alignloop.config.reward import RewardConfig
 from alignloop.errors import InputError
 from alignloop.io import atomic_path, read_jsonl, write_json, write_jsonl
 from alignloop.methods.pairing import build_pairs
+from alignloop.models.device import resolve_device
+from alignloop.models.distributed import make_accelerator
 from alignloop.models.generation import generate
 from alignloop.models.policy import load_policy, load_tokenizer
 from alignloop.models.reward_losses import preference_strength
@@ -128,14 +130,16 @@ def meta_batches(tokenizer, train_rows: list[dict], samples: dict[str, list[dict
 
 
 def ensemble_strength(init, tokenizer, train_pairs: list, eval_pairs: list, rcfg: RewardConfig,
-                      model_cfg: ModelConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+                      model_cfg: ModelConfig, seed: int, accelerator=None
+                      ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """μ and σ of r(chosen) − r(rejected) per training pair over `reward.ensemble_size` plain Bradley–Terry models
     (seeds derived from `seed`), and each member's held-out accuracy."""
     margins, members_eval = [], []
     for member in range(rcfg.ensemble_size):
         trained = train_reward_model(init, tokenizer, train_pairs, rcfg, model_cfg,
                                      derive_seed(seed, "reward_ensemble", member), denoise=False,
-                                     description=f"reward ensemble {member + 1}/{rcfg.ensemble_size}")
+                                     description=f"reward ensemble {member + 1}/{rcfg.ensemble_size}",
+                                     accelerator=accelerator)
         margins.append(pair_margins(trained.model, train_pairs, tokenizer.pad_token_id, rcfg.batch_size,
                                     f"reward ensemble {member + 1}: margins"))
         members_eval.append(accuracy(pair_margins(trained.model, eval_pairs, tokenizer.pad_token_id,
@@ -159,6 +163,10 @@ def accuracy(margins: torch.Tensor) -> float:
 
 def run_reward_model(cfg: Config, layout: Layout) -> None:
     rcfg = cfg.reward
+    # Under `accelerate launch` every process runs this stage: each trains on its share of every batch (the margins
+    # and policy samples are computed whole in each), and the main process writes.
+    accelerator = make_accelerator(resolve_device(cfg.model.device))
+    launched = accelerator if accelerator.num_processes > 1 else None
     init = reward_init_dir(cfg, layout)
     tokenizer = load_tokenizer(init, cfg.model)  # chat template and EOS checked; pad falls back to EOS
     if rcfg.data is None:
@@ -178,21 +186,25 @@ def run_reward_model(cfg: Config, layout: Layout) -> None:
     train_pairs = encode_pairs(tokenizer, train_rows, cfg.model.max_length)
     eval_pairs = encode_pairs(tokenizer, eval_rows, cfg.model.max_length)
     meta_groups = meta_batches(tokenizer, train_rows, samples, cfg.model.max_length) if rcfg.metarm else None
-    log.info("reward_model: %d training pairs (%d flipped), %d held out; ensemble of %d, denoising %s%s%s",
+    log.info("reward_model: %d training pairs (%d flipped), %d held out; ensemble of %d, denoising %s%s%s%s",
              len(train_rows), sum(row.get("flipped", False) for row in train_rows), len(eval_rows),
              rcfg.ensemble_size, rcfg.denoising, ", SimCSE" if rcfg.contrastive_weight else "",
-             ", MetaRM" if rcfg.metarm else "")
+             ", MetaRM" if rcfg.metarm else "", f"; {accelerator.num_processes} processes "
+             f"({accelerator.distributed_type.value})" if launched else "")
 
     # 2) the ensemble's preference strength on the training pairs
     strength = spread = None
     members_eval: list[float] = []
     if rcfg.ensemble_size:
         strength, spread, members_eval = ensemble_strength(init, tokenizer, train_pairs, eval_pairs, rcfg, cfg.model,
-                                                           cfg.seed)
+                                                           cfg.seed, launched)
 
     # 3) the reward model
     final = train_reward_model(init, tokenizer, train_pairs, rcfg, cfg.model, derive_seed(cfg.seed, "reward_model"),
-                               strength=strength, meta_groups=meta_groups, description="reward model")
+                               strength=strength, meta_groups=meta_groups, description="reward model",
+                               accelerator=launched)
+    if not accelerator.is_main_process:
+        return
     eval_margins = pair_margins(final.model, eval_pairs, pad_id, rcfg.batch_size, "reward model: held-out")
     train_margins = pair_margins(final.model, train_pairs, pad_id, rcfg.batch_size, "reward model: training")
 

@@ -14,6 +14,7 @@ from alignloop.models.policy import policy_hash
 from alignloop.paths import Layout
 from alignloop.seeds import derive_seed
 from alignloop.sources.models import policy_dir
+from alignloop.stage_rows import SampleRow
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,9 @@ def run_sample(cfg: Config, layout: Layout, iteration: int) -> None:
     seed = derive_seed(cfg.seed, "sample", iteration)
     generations = generate_samples(cfg, layout, source, prompts, seed, f"sample iter {iteration}")
     rows = [
-        {"prompt_id": row["prompt_id"], "sample_index": index, "prompt": row["prompt"], "response": gen.text,
-         "response_ids": list(gen.token_ids), "num_tokens": gen.num_tokens, "finished": gen.finished,
-         "seed": gen.seed, "policy": producer}
+        SampleRow(prompt_id=row["prompt_id"], sample_index=index, prompt=row["prompt"], response=gen.text,
+                  response_ids=list(gen.token_ids), num_tokens=gen.num_tokens, finished=gen.finished, seed=gen.seed,
+                  policy=producer)
         for row, gens in zip(prompts, generations) for index, gen in enumerate(gens)
     ]
     write_jsonl(layout.prompts(iteration), prompts)
