@@ -35,10 +35,12 @@ class Layout:
 
     @property
     def sft_data(self) -> Path:
+        """SFT's demonstrations (prompt, response) as prepare wrote them."""
         return self.data / "sft.jsonl"
 
     @property
     def train_prompts(self) -> Path:
+        """The pool each iteration's `sample` takes its next slice of prompts from."""
         return self.data / "train_prompts.jsonl"
 
     def eval_prompts(self, split: str) -> Path:
@@ -96,10 +98,12 @@ class Layout:
 
     @property
     def reward_stats(self) -> Path:
+        """Held-out accuracy, the label noise, and (on the testbed) how well μ < 0 finds the flipped labels."""
         return self.reward_outputs / "stats.json"
 
     @property
     def reward_train_log(self) -> Path:
+        """The final reward model's loss, accuracy and gradient norm per step."""
         return self.reward_outputs / "train_log.json"
 
     def iteration(self, i: int) -> Path:

@@ -5,7 +5,7 @@
 for that line, so its kill lands inside the point it names, however fast or slow the machine is; a point the run never
 reaches leaves the line unprinted and the test fails. Points: `<stage>:start` (before the stage's work),
 `<stage>:outputs-written` (its outputs in place, its stamp not yet), `<stage>:step-<n>` (after training step n of
-optimize, sft and reward_model), `mlflow-store:created-<table>` (a table of a new MLflow store, mid-migration).
+optimize, sft, reward_model and cfn), `mlflow-store:created-<table>` (a table of a new MLflow store, mid-migration).
 Without the variable every point is a no-op that reads one environment variable.
 """
 
