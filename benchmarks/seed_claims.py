@@ -19,11 +19,13 @@ import json
 import math
 import shutil
 import statistics
+from collections import Counter
 from pathlib import Path
 
 import yaml
 
 from alignloop.io import read_jsonl
+from alignloop.models.cfn_diagnostics import spearman
 from alignloop.paths import Layout
 
 from common import mean_sd
@@ -97,6 +99,31 @@ def last_metrics(project: Path) -> dict[str, float]:
     return metrics
 
 
+def cfn_repeat_counts(project: Path) -> list[dict]:
+    """Per COPO iteration: does the CFN count what repeats on this data? Each pair's pseudo-count (cfn/bonuses.jsonl)
+    against the true number of earlier-or-current visits (samples, the replay buffer's rows) whose prompt carries the
+    same constraint types (a prompt is otherwise new each iteration), as Spearman's rank correlation."""
+    layout, out = Layout(project), []
+    visits: Counter[tuple[str, ...]] = Counter()
+    kinds: dict[str, tuple[str, ...]] = {}
+    for iteration in range(1, 1000):
+        if not layout.cfn(iteration).is_dir():
+            break
+        for row in read_jsonl(layout.prompts(iteration)):
+            kinds[row["prompt_id"]] = tuple(sorted(row.get("instruction_id_list") or ()))
+        visits.update(kinds[row["prompt_id"]] for row in read_jsonl(layout.samples(iteration)))
+        prompt_of = {row["pair_id"]: row["prompt_id"] for row in read_jsonl(layout.pairs(iteration))}
+        bonuses = read_jsonl(layout.cfn(iteration) / "bonuses.jsonl")
+        pseudo = [row["pseudo_count"] for row in bonuses]
+        true = [float(visits[kinds[prompt_of[row["pair_id"]]]]) for row in bonuses]
+        out.append({"iteration": iteration, "pairs": len(bonuses), "buffer_visits": sum(visits.values()),
+                    "distinct_constraint_sets": len(visits),
+                    "median_pseudo_count": statistics.median(pseudo) if pseudo else None,
+                    "median_true_count": statistics.median(true) if true else None,
+                    "spearman": spearman(pseudo, true) if len(set(true)) > 1 and len(set(pseudo)) > 1 else None})
+    return out
+
+
 def paired(arm: dict[int, dict], control: dict[int, dict], key: str) -> tuple[float, float, int]:
     """Mean and sd of the per-seed differences arm − control, over the seeds both have."""
     diffs = [arm[s][key] - control[s][key] for s in sorted(arm.keys() & control.keys())
@@ -139,6 +166,7 @@ def main() -> None:
 
     preset = yaml.safe_load(PRESET.read_text())
     results: dict[str, dict[int, dict]] = {}
+    counts: dict[int, list[dict]] = {}  # COPO's pseudo-counts against true repeats, per seed
     for arm in sorted(args.arms, key=lambda name: name != "dpo"):  # the control first: the others start from it
         results[arm] = {}
         for seed in args.seeds:
@@ -148,6 +176,8 @@ def main() -> None:
                 run_seed(project, seed_params(preset, seed, overrides=(*BUDGET, *ARMS[arm])))
             if (project / "reports" / "summary.json").is_file():
                 results[arm][seed] = last_metrics(project)
+                if arm == "copo":
+                    counts[seed] = cfn_repeat_counts(project)
 
     print(f"\n{'arm':<8}" + "".join(f"{label:>18}" for label in METRICS.values()) + f"{'min/seed':>10}")
     for arm, seeds in results.items():
@@ -170,11 +200,24 @@ def main() -> None:
                          "seeds": n, "verdict": verdict(mean, sd, n, direction)})
         print(f"{arm:<8}{key:<34}{control:<6}{mean:>+12.3f} ± {sd:<5.3f}{n:>7}  {verdicts[-1]['verdict']}")
 
+    if counts:
+        print("\nCOPO's CFN against true repeat counts (visits with the same constraint types)")
+        print(f"{'seed':>4}{'iter':>6}{'pairs':>7}{'visits':>8}{'sets':>6}{'med pseudo':>12}{'med true':>10}"
+              f"{'spearman':>10}")
+        for seed, rows in counts.items():
+            for row in rows:
+                rho = "n/a" if row["spearman"] is None else f"{row['spearman']:+.3f}"
+                print(f"{seed:>4}{row['iteration']:>6}{row['pairs']:>7}{row['buffer_visits']:>8}"
+                      f"{row['distinct_constraint_sets']:>6}{row['median_pseudo_count']:>12.2f}"
+                      f"{row['median_true_count']:>10.1f}{rho:>10}")
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"budget": BUDGET, "arms": {arm: ARMS[arm] for arm in results},
                                     "results": {arm: {str(s): m for s, m in seeds.items()}
                                                 for arm, seeds in results.items()},
-                                    "verdicts": verdicts}, indent=2) + "\n")
+                                    "verdicts": verdicts,
+                                    "cfn_repeat_counts": {str(seed): rows for seed, rows in counts.items()}},
+                                   indent=2) + "\n")
     print(f"\nwritten to {args.out}")
 
 

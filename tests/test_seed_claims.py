@@ -80,3 +80,26 @@ def test_every_arm_is_a_valid_config_within_the_budget():
         assert cfg.iterations == 2 and cfg.sample.num_prompts == 48, arm
     eva = parse_config(seed_claims.seed_params(preset, 0, overrides=seed_claims.ARMS["eva"]))
     assert eva.evolve.enabled and eva.evolve.evolver == "constraints"
+
+
+def test_cfn_repeat_counts_pair_pseudo_counts_with_visits_of_the_same_constraint_types(tmp_path):
+    from alignloop.io import write_jsonl
+    from alignloop.paths import Layout
+
+    layout = Layout(tmp_path)
+    # iteration 1: constraint set A on two prompts (4 visits), B on one (2 visits); iteration 2: A again (2 more)
+    prompts = {1: [("p1", ["a"]), ("p2", ["a"]), ("p3", ["b"])], 2: [("p4", ["a"]), ("p5", ["c"])]}
+    pseudo = {1: {"p1": 3.0, "p3": 1.0}, 2: {"p4": 5.0, "p5": 1.5}}
+    for iteration, rows in prompts.items():
+        write_jsonl(layout.prompts(iteration), [{"prompt_id": pid, "instruction_id_list": ids} for pid, ids in rows])
+        write_jsonl(layout.samples(iteration), [{"prompt_id": pid, "sample_index": k} for pid, _ in rows
+                                                for k in range(2)])
+        write_jsonl(layout.pairs(iteration), [{"pair_id": f"{pid}-0-1", "prompt_id": pid} for pid in pseudo[iteration]])
+        layout.cfn(iteration).mkdir(parents=True)
+        write_jsonl(layout.cfn(iteration) / "bonuses.jsonl", [{"pair_id": f"{pid}-0-1", "pseudo_count": n}
+                                                              for pid, n in pseudo[iteration].items()])
+    first, second = seed_claims.cfn_repeat_counts(tmp_path)
+    assert (first["buffer_visits"], first["distinct_constraint_sets"], first["median_true_count"]) == (6, 2, 3.0)
+    assert first["spearman"] == pytest.approx(1.0)  # A (4 visits) got the larger pseudo-count than B (2)
+    # after iteration 2: A has 6 visits, C 2; pseudo-counts 5.0 vs 1.5 rank the same way
+    assert (second["buffer_visits"], second["median_true_count"], second["spearman"]) == (10, 4.0, pytest.approx(1.0))
