@@ -2,6 +2,7 @@
 
 - optimize in two processes (DDP, and FSDP) follows one process with the same global batch: the loss at every step
   within 5e-7 of itself, the saved weights within 5e-6 (the README's figures), the other logged metrics within 1e-4;
+- reward-model training in two processes follows one within the same bounds;
 - the tiny pipeline runs with `pipeline.launcher: accelerate` (sft and optimize launched), and a second run finds
   every stage cached;
 - a run SIGKILLed inside a two-process optimize leaves no trainer behind and resumes to the uninterrupted run's bytes.
