@@ -29,7 +29,7 @@ from alignloop.models.cfn_diagnostics import spearman
 from alignloop.paths import Layout
 
 from common import mean_sd
-from real_model import PRESET, read_project, run_seed, seed_params
+from real_model import PRESET, finished_with, read_project, run_seed, seed_params
 
 # The budget of one arm and seed: two iterations, 48 prompts per iteration, 16 held-out prompts per evaluation set,
 # 64-token benchmark answers. Measured for DPO, seed 0: 904 s of flow on 2 cores (benchmarks 390 s, optimize 294 s,
@@ -171,10 +171,12 @@ def main() -> None:
         results[arm] = {}
         for seed in args.seeds:
             project = args.workdir / arm / f"seed-{seed}"
+            params = seed_params(preset, seed, overrides=(*BUDGET, *ARMS[arm]))
             if not args.report_only:
                 start_from_control(args.workdir / "dpo" / f"seed-{seed}", project)
-                run_seed(project, seed_params(preset, seed, overrides=(*BUDGET, *ARMS[arm])))
-            if (project / "reports" / "summary.json").is_file():
+                run_seed(project, params)
+            # an arm's project copied from the control holds the control's summary until its own run finishes
+            if finished_with(project, params):
                 results[arm][seed] = last_metrics(project)
                 if arm == "copo":
                     counts[seed] = cfn_repeat_counts(project)
