@@ -56,6 +56,23 @@ def _launched(project: Path) -> list[psutil.Process]:
     return found
 
 
+def _histories_match(one_path: Path, two_path: Path) -> None:
+    """Two training logs, one process and two: the same steps, the loss within the stated relative tolerance, every
+    other metric within 1e-4."""
+    one_log, two_log = json.loads(one_path.read_text()), json.loads(two_path.read_text())
+    assert one_log["steps"] == two_log["steps"] >= 4
+    for one_step, two_step in zip(one_log["history"], two_log["history"], strict=True):
+        assert set(one_step) == set(two_step)
+        for name, value in one_step.items():
+            if name == "reward_accuracy" and one_step["step"] == 0:
+                # the policy is still the reference: every margin is rounding noise, and accuracy counts its sign
+                assert abs(one_step["reward_margin"]) < 1e-4 and abs(two_step["reward_margin"]) < 1e-4
+                continue
+            close = (pytest.approx(value, rel=LOSS_RELATIVE_TOLERANCE, abs=0) if name == "loss"
+                     else pytest.approx(value, abs=1e-4))
+            assert two_step[name] == close, (one_step["step"], name, value, two_step[name])
+
+
 @pytest.fixture(scope="module")
 def ranked(tiny_run, tmp_path_factory) -> Path:
     """A finished one-iteration run, optimize-1 trained in the pipeline's own process (the shared tiny run, grown)."""
@@ -72,19 +89,7 @@ def test_two_processes_follow_one(ranked, tmp_path, config, kind):
     result = run([ALIGNLOOP, "stage", "optimize", "--iteration", "1"], two)
     assert f"2 processes ({kind})" in result.stdout + result.stderr
 
-    one_log = json.loads((ranked / "artifacts/iter-1/train_log.json").read_text())
-    two_log = json.loads((two / "artifacts/iter-1/train_log.json").read_text())
-    assert one_log["steps"] == two_log["steps"] >= 4
-    for one_step, two_step in zip(one_log["history"], two_log["history"], strict=True):
-        assert set(one_step) == set(two_step)
-        for name, value in one_step.items():
-            if name == "reward_accuracy" and one_step["step"] == 0:
-                # the policy is still the reference: every margin is rounding noise, and accuracy counts its sign
-                assert abs(one_step["reward_margin"]) < 1e-4 and abs(two_step["reward_margin"]) < 1e-4
-                continue
-            close = (pytest.approx(value, rel=LOSS_RELATIVE_TOLERANCE, abs=0) if name == "loss"
-                     else pytest.approx(value, abs=1e-4))
-            assert two_step[name] == close, (one_step["step"], name, value, two_step[name])
+    _histories_match(ranked / "artifacts/iter-1/train_log.json", two / "artifacts/iter-1/train_log.json")
 
     one_weights = load_file(ranked / "artifacts/iter-1/policy/model.safetensors")
     two_weights = load_file(two / "artifacts/iter-1/policy/model.safetensors")
@@ -111,15 +116,7 @@ def test_two_processes_train_the_reward_model_as_one(tiny_run, tmp_path):
     result = run([ALIGNLOOP, "stage", "reward_model"], two)
     assert "2 processes (MULTI_CPU)" in result.stdout + result.stderr
 
-    one_log = json.loads((one / "artifacts/reward_model/train_log.json").read_text())
-    two_log = json.loads((two / "artifacts/reward_model/train_log.json").read_text())
-    assert one_log["steps"] == two_log["steps"] >= 4
-    for one_step, two_step in zip(one_log["history"], two_log["history"], strict=True):
-        assert set(one_step) == set(two_step)
-        for name, value in one_step.items():
-            close = (pytest.approx(value, rel=LOSS_RELATIVE_TOLERANCE, abs=0) if name == "loss"
-                     else pytest.approx(value, abs=1e-4))
-            assert two_step[name] == close, (one_step["step"], name, value, two_step[name])
+    _histories_match(one / "artifacts/reward_model/train_log.json", two / "artifacts/reward_model/train_log.json")
     # the launched ensemble member's preference strengths, which the final model's flips read
     one_strength, two_strength = ([json.loads(line).get("strength") for line in
                                    (project / "artifacts/reward_model/pairs.jsonl").read_text().splitlines()]
