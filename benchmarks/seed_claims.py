@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from alignloop.io import read_jsonl
+from alignloop.io import read_json, read_jsonl
 from alignloop.models.cfn_diagnostics import spearman
 from alignloop.paths import Layout
 
@@ -75,6 +75,9 @@ CLAIMS: dict[str, tuple[str, int, str]] = {
     **{f"rm_{method}_{noise}": ("in_distribution/prompt_strict", +1, f"rm_none_{noise}")
        for method in ("flip_margin", "flip") for noise in (20, 40)},
 }
+# What a learned ranker costs against the verifier ranking the loop itself: compared, no claim in a direction.
+ALSO_COMPARED: dict[str, tuple[str, int, str]] = {
+    arm: ("in_distribution/prompt_strict", 0, "dpo") for arm in ARMS if arm.startswith("rm_")}
 METRICS = {  # key: column
     "in_distribution/prompt_strict": "in_dist greedy", "in_distribution/sampled_prompt_strict": "in_dist sampled",
     "unseen_types/prompt_strict": "unseen greedy", "in_distribution/sampled_entropy": "entropy",
@@ -124,6 +127,27 @@ def cfn_repeat_counts(project: Path) -> list[dict]:
     return out
 
 
+def reward_model_record(project: Path) -> dict:
+    """A reward-model arm's ranker and what optimising it did: the reward model's accuracy on held-out pairs labelled
+    by the verifier and on its training pairs against the true and the given (noisy) labels, the noise detector's
+    precision and recall, and per iteration (0 = the start) the learned reward of the policy's sampled in-distribution
+    answers against the verifier's accuracy on the same answers: over-optimisation is the first rising while the
+    second falls."""
+    layout = Layout(project)
+    stats = read_json(layout.reward_stats)
+    iterations = yaml.safe_load((project / "params.yaml").read_text())["iterations"]
+    trajectory = []
+    for i in range(iterations + 1):
+        metrics = read_json(layout.metrics(i))
+        trajectory.append({"iteration": i, "learned_reward": metrics["in_distribution/sampled_reward"],
+                           "gold_sampled": metrics["in_distribution/sampled_prompt_strict"],
+                           "gold_greedy": metrics["in_distribution/prompt_strict"]})
+    return {"eval_accuracy": stats["eval_accuracy"], "train_accuracy_true_labels": stats["train_accuracy_true_labels"],
+            "train_accuracy_given_labels": stats["train_accuracy_given_labels"],
+            "detection_precision": stats["detection"]["precision"], "detection_recall": stats["detection"]["recall"],
+            "trajectory": trajectory}
+
+
 def paired(arm: dict[int, dict], control: dict[int, dict], key: str) -> tuple[float, float, int]:
     """Mean and sd of the per-seed differences arm − control, over the seeds both have."""
     diffs = [arm[s][key] - control[s][key] for s in sorted(arm.keys() & control.keys())
@@ -167,6 +191,7 @@ def main() -> None:
     preset = yaml.safe_load(PRESET.read_text())
     results: dict[str, dict[int, dict]] = {}
     counts: dict[int, list[dict]] = {}  # COPO's pseudo-counts against true repeats, per seed
+    rankers: dict[str, dict[int, dict]] = {}  # the reward-model arms' rankers and their over-optimisation
     for arm in sorted(args.arms, key=lambda name: name != "dpo"):  # the control first: the others start from it
         results[arm] = {}
         for seed in args.seeds:
@@ -180,6 +205,8 @@ def main() -> None:
                 results[arm][seed] = last_metrics(project)
                 if arm == "copo":
                     counts[seed] = cfn_repeat_counts(project)
+                if arm.startswith("rm_"):
+                    rankers.setdefault(arm, {})[seed] = reward_model_record(project)
 
     print(f"\n{'arm':<8}" + "".join(f"{label:>18}" for label in METRICS.values()) + f"{'min/seed':>10}")
     for arm, seeds in results.items():
@@ -193,10 +220,10 @@ def main() -> None:
 
     verdicts = []
     print(f"\n{'arm':<8}{'claim metric':<34}{'vs':<6}{'paired diff':>20}{'seeds':>7}  verdict")
-    for arm in results:
-        if arm not in CLAIMS or CLAIMS[arm][2] not in results:
+    comparisons = [(arm, claim) for table in (CLAIMS, ALSO_COMPARED) for arm, claim in table.items()]
+    for arm, (key, direction, control) in comparisons:
+        if arm not in results or control not in results:
             continue
-        key, direction, control = CLAIMS[arm]
         mean, sd, n = paired(results[arm], results[control], key)
         verdicts.append({"arm": arm, "metric": key, "control": control, "mean_diff": mean, "sd_diff": sd,
                          "seeds": n, "verdict": verdict(mean, sd, n, direction)})
@@ -213,12 +240,31 @@ def main() -> None:
                       f"{row['distinct_constraint_sets']:>6}{row['median_pseudo_count']:>12.2f}"
                       f"{row['median_true_count']:>10.1f}{rho:>10}")
 
+    if rankers:
+        print("\nReward-model arms: the ranker (accuracy against the verifier's labels) and, per iteration, the learned"
+              " reward of sampled answers against the verifier's accuracy on them (mean over seeds)")
+        print(f"{'arm':<20}{'eval acc':>9}{'train acc true':>15}{'detect P/R':>12}  learned reward → gold sampled")
+        for arm, seeds in rankers.items():
+            records = list(seeds.values())
+            precision = [r["detection_precision"] for r in records if r["detection_precision"] is not None]
+            recall = [r["detection_recall"] for r in records if r["detection_recall"] is not None]
+            detect = f"{statistics.mean(precision):.2f}/{statistics.mean(recall):.2f}" if precision and recall else "–"
+            path = "  ".join(
+                f"{i}: {statistics.mean(r['trajectory'][i]['learned_reward'] for r in records):+.2f}"
+                f" → {statistics.mean(r['trajectory'][i]['gold_sampled'] for r in records):.3f}"
+                for i in range(len(records[0]["trajectory"])))
+            eval_accuracy = statistics.mean(r["eval_accuracy"] for r in records)
+            train_accuracy = statistics.mean(r["train_accuracy_true_labels"] for r in records)
+            print(f"{arm:<20}{eval_accuracy:>9.3f}{train_accuracy:>15.3f}{detect:>12}  {path}")
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"budget": BUDGET, "arms": {arm: ARMS[arm] for arm in results},
                                     "results": {arm: {str(s): m for s, m in seeds.items()}
                                                 for arm, seeds in results.items()},
                                     "verdicts": verdicts,
-                                    "cfn_repeat_counts": {str(seed): rows for seed, rows in counts.items()}},
+                                    "cfn_repeat_counts": {str(seed): rows for seed, rows in counts.items()},
+                                    "reward_models": {arm: {str(s): r for s, r in seeds.items()}
+                                                      for arm, seeds in rankers.items()}},
                                    indent=2) + "\n")
     print(f"\nwritten to {args.out}")
 

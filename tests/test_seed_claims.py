@@ -103,3 +103,31 @@ def test_cfn_repeat_counts_pair_pseudo_counts_with_visits_of_the_same_constraint
     assert first["spearman"] == pytest.approx(1.0)  # A (4 visits) got the larger pseudo-count than B (2)
     # after iteration 2: A has 6 visits, C 2; pseudo-counts 5.0 vs 1.5 rank the same way
     assert (second["buffer_visits"], second["median_true_count"], second["spearman"]) == (10, 4.0, pytest.approx(1.0))
+
+
+def test_reward_model_record_reads_the_ranker_and_the_learned_against_the_gold_path(tmp_path):
+    from alignloop.io import write_json
+    from alignloop.paths import Layout
+
+    layout = Layout(tmp_path)
+    (tmp_path / "params.yaml").write_text("iterations: 2\n")
+    write_json(layout.reward_stats, {"eval_accuracy": 0.7, "train_accuracy_true_labels": 0.8,
+                                     "train_accuracy_given_labels": 0.65,
+                                     "detection": {"precision": 0.5, "recall": 0.25, "flagged": 4}})
+    # the learned reward rises every iteration while the verifier's accuracy peaks at 1: over-optimisation
+    for i, (learned, sampled, greedy) in enumerate([(-1.0, 0.25, 0.3), (0.5, 0.4, 0.45), (2.0, 0.2, 0.35)]):
+        write_json(layout.metrics(i), {"in_distribution/sampled_reward": learned,
+                                       "in_distribution/sampled_prompt_strict": sampled,
+                                       "in_distribution/prompt_strict": greedy, "other": 9.0})
+    record = seed_claims.reward_model_record(tmp_path)
+    assert (record["eval_accuracy"], record["train_accuracy_true_labels"], record["train_accuracy_given_labels"],
+            record["detection_precision"], record["detection_recall"]) == (0.7, 0.8, 0.65, 0.5, 0.25)
+    assert [(r["iteration"], r["learned_reward"], r["gold_sampled"], r["gold_greedy"]) for r in record["trajectory"]] \
+        == [(0, -1.0, 0.25, 0.3), (1, 0.5, 0.4, 0.45), (2, 2.0, 0.2, 0.35)]
+
+
+def test_reward_model_arms_are_also_compared_with_the_verifier_ranked_control():
+    rm_arms = {arm for arm in seed_claims.ARMS if arm.startswith("rm_")}
+    assert len(rm_arms) == 6 and set(seed_claims.ALSO_COMPARED) == rm_arms
+    assert {control for _, direction, control in seed_claims.ALSO_COMPARED.values()} == {"dpo"}
+    assert all(direction == 0 for _, direction, _ in seed_claims.ALSO_COMPARED.values())
