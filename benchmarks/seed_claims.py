@@ -127,6 +127,11 @@ def cfn_repeat_counts(project: Path) -> list[dict]:
     return out
 
 
+def accuracy_by_iteration(project: Path, key: str = "in_distribution/prompt_strict") -> list[float]:
+    """One metric per iteration of a finished project, 0 (the start) to the last."""
+    return [iteration["metrics"][key] for iteration in read_project(project)["iterations"]]
+
+
 def reward_model_record(project: Path) -> dict:
     """A reward-model arm's ranker and what optimising it did: the reward model's accuracy on held-out pairs labelled
     by the verifier and on its training pairs against the true and the given (noisy) labels, the noise detector's
@@ -179,6 +184,55 @@ def start_from_control(control: Path, project: Path) -> None:
     shutil.copytree(control, project, symlinks=True, ignore=shutil.ignore_patterns("mlflow.db", "mlruns", "run.log"))
 
 
+def plot(verdicts: list[dict], curves: dict[str, dict[int, list[float]]], rankers: dict[str, dict[int, dict]],
+         path: Path) -> None:
+    """Left: each comparison's paired difference with two standard errors (the verdict's rule). Middle: held-out
+    greedy accuracy per iteration, mean over seeds, per arm. Right (reward-model arms): the learned reward of sampled
+    answers per iteration, next to the verifier's accuracy on them in the middle panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(1, 3 if rankers else 2, figsize=(16 if rankers else 11, 4.2), squeeze=False)
+    colour = {arm: f"C{k % 10}" for k, arm in enumerate(curves)}  # one colour per arm in every panel
+    axis = axes[0][0]
+    shown = [v for v in verdicts if v["seeds"] > 1]
+    for row, v in enumerate(shown):
+        axis.errorbar(v["mean_diff"], row, xerr=2 * v["sd_diff"] / math.sqrt(v["seeds"]), fmt="o", capsize=3,
+                      color=colour.get(v["arm"]))
+    axis.axvline(0.0, color="grey", linewidth=0.8)
+    axis.set_yticks(range(len(shown)), [f"{v['arm']} − {v['control']}: {METRICS.get(v['metric'], v['metric'])}"
+                                        for v in shown], fontsize=7)
+    axis.invert_yaxis()
+    axis.set_xlabel("paired difference over seeds (± 2 standard errors)")
+    axis.set_title("each arm against its control")
+    axis = axes[0][1]
+    for arm, seeds in curves.items():
+        means = [statistics.mean(values) for values in zip(*seeds.values())]
+        axis.plot(range(len(means)), means, marker="o", label=arm, color=colour[arm],
+                  linestyle="--" if arm.startswith("rm_") else "-")
+        axis.set_xticks(range(len(means)))
+    axis.set_xlabel("iteration (0 = the start)")
+    axis.set_ylabel("held-out greedy prompt_strict")
+    axis.set_title("accuracy by the verifier")
+    axis.legend(fontsize=6)
+    if rankers:
+        axis = axes[0][2]
+        for arm, seeds in rankers.items():
+            paths = [[step["learned_reward"] for step in record["trajectory"]] for record in seeds.values()]
+            means = [statistics.mean(values) for values in zip(*paths)]
+            axis.plot(range(len(means)), means, marker="o", linestyle="--", label=arm, color=colour.get(arm))
+            axis.set_xticks(range(len(means)))
+        axis.set_xlabel("iteration (0 = the start)")
+        axis.set_ylabel("learned reward of sampled answers")
+        axis.set_title("what the reward-model arms optimised")
+        axis.legend(fontsize=6)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arms", nargs="+", default=["dpo", "copo"], choices=sorted(ARMS))
@@ -186,12 +240,14 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, required=True, help="one folder per arm, one project per seed")
     parser.add_argument("--report-only", action="store_true", help="read finished projects; run nothing")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/seed_claims.json"))
+    parser.add_argument("--plot", type=Path, help="also draw the verdicts and accuracy per iteration (PNG)")
     args = parser.parse_args()
 
     preset = yaml.safe_load(PRESET.read_text())
     results: dict[str, dict[int, dict]] = {}
     counts: dict[int, list[dict]] = {}  # COPO's pseudo-counts against true repeats, per seed
     rankers: dict[str, dict[int, dict]] = {}  # the reward-model arms' rankers and their over-optimisation
+    curves: dict[str, dict[int, list[float]]] = {}  # held-out greedy accuracy per iteration
     for arm in sorted(args.arms, key=lambda name: name != "dpo"):  # the control first: the others start from it
         results[arm] = {}
         for seed in args.seeds:
@@ -203,6 +259,7 @@ def main() -> None:
             # an arm's project copied from the control holds the control's summary until its own run finishes
             if finished_with(project, params):
                 results[arm][seed] = last_metrics(project)
+                curves.setdefault(arm, {})[seed] = accuracy_by_iteration(project)
                 if arm == "copo":
                     counts[seed] = cfn_repeat_counts(project)
                 if arm.startswith("rm_"):
@@ -264,9 +321,14 @@ def main() -> None:
                                     "verdicts": verdicts,
                                     "cfn_repeat_counts": {str(seed): rows for seed, rows in counts.items()},
                                     "reward_models": {arm: {str(s): r for s, r in seeds.items()}
-                                                      for arm, seeds in rankers.items()}},
+                                                      for arm, seeds in rankers.items()},
+                                    "accuracy_by_iteration": {arm: {str(s): c for s, c in seeds.items()}
+                                                              for arm, seeds in curves.items()}},
                                    indent=2) + "\n")
     print(f"\nwritten to {args.out}")
+    if args.plot:
+        plot(verdicts, curves, rankers, args.plot)
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":

@@ -131,3 +131,15 @@ def test_reward_model_arms_are_also_compared_with_the_verifier_ranked_control():
     assert len(rm_arms) == 6 and set(seed_claims.ALSO_COMPARED) == rm_arms
     assert {control for _, direction, control in seed_claims.ALSO_COMPARED.values()} == {"dpo"}
     assert all(direction == 0 for _, direction, _ in seed_claims.ALSO_COMPARED.values())
+
+
+def test_the_plot_draws_verdicts_curves_and_reward_model_paths(tmp_path):
+    pytest.importorskip("matplotlib")
+    verdicts = [{"arm": "rm_flip_20", "control": "rm_none_20", "metric": "in_distribution/prompt_strict",
+                 "mean_diff": 0.05, "sd_diff": 0.02, "seeds": 3},
+                {"arm": "copo", "control": "dpo", "metric": "in_distribution/prompt_strict", "mean_diff": 0.1,
+                 "sd_diff": float("nan"), "seeds": 1}]  # one seed: no error bar, left out
+    curves = {"dpo": {0: [0.3, 0.4], 1: [0.2, 0.3]}, "rm_flip_20": {0: [0.3, 0.2], 1: [0.2, 0.1]}}
+    rankers = {"rm_flip_20": {s: {"trajectory": [{"learned_reward": -1.0}, {"learned_reward": 1.0}]} for s in (0, 1)}}
+    seed_claims.plot(verdicts, curves, rankers, tmp_path / "plots" / "claims.png")
+    assert (tmp_path / "plots" / "claims.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
