@@ -37,10 +37,11 @@ from real_model import PRESET, finished_with, read_project, run_seed, seed_param
 BUDGET = ("iterations=2", "sample.num_prompts=48", "data.sharegpt.eval_size=16",
           "data.sharegpt.reference_answers=16", "benchmark.max_new_tokens=64")
 # A reward model trained once on policy 0's samples, labelled by the verifier with a share of labels flipped, ranks
-# the loop instead of the verifier; the verifier still measures (over-optimisation). Unmeasured so far: the budget of
-# these arms (64 + 32 prompts × 4 samples, 2 ensemble members, one epoch) is a first guess.
-REWARD_BUDGET = ("reward.enabled=true", "rank.ranker=reward_model", "reward.num_prompts=64", "reward.eval_prompts=32",
-                 "reward.max_new_tokens=64", "reward.batch_size=16", "reward.epochs=1", "reward.learning_rate=1e-5",
+# the loop instead of the verifier; the verifier still measures (over-optimisation). 96 + 32 prompts × 4 answers give
+# about 40 training pairs (a pair where the answers' constraint scores differ); two epochs of batch 8 are ~10 steps
+# per model (2 ensemble members for the preference strength, then the ranker).
+REWARD_BUDGET = ("reward.enabled=true", "rank.ranker=reward_model", "reward.num_prompts=96", "reward.eval_prompts=32",
+                 "reward.max_new_tokens=64", "reward.batch_size=8", "reward.epochs=2", "reward.learning_rate=3e-5",
                  "reward.ensemble_size=2")
 ARMS: dict[str, tuple[str, ...]] = {
     "dpo": (),
