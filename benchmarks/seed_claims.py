@@ -266,7 +266,7 @@ def main() -> None:
                 if arm.startswith("rm_"):
                     rankers.setdefault(arm, {})[seed] = reward_model_record(project)
 
-    print(f"\n{'arm':<8}" + "".join(f"{label:>18}" for label in METRICS.values()) + f"{'min/seed':>10}")
+    print(f"\n{'arm':<20}" + "".join(f"{label:>18}" for label in METRICS.values()) + f"{'min/seed':>10}")
     for arm, seeds in results.items():
         cells = []
         for key in METRICS:
@@ -274,10 +274,10 @@ def main() -> None:
             mean, sd = mean_sd(values) if values else (float("nan"), float("nan"))
             cells.append(f"{mean:>10.3f} ± {sd:<5.3f}")
         minutes = statistics.mean(m["seconds"] for m in seeds.values()) / 60 if seeds else float("nan")
-        print(f"{arm:<8}" + "".join(cells) + f"{minutes:>10.1f}")
+        print(f"{arm:<20}" + "".join(cells) + f"{minutes:>10.1f}")
 
     verdicts = []
-    print(f"\n{'arm':<8}{'claim metric':<34}{'vs':<6}{'paired diff':>20}{'seeds':>7}  verdict")
+    print(f"\n{'arm':<20}{'claim metric':<34}{'vs':<12}{'paired diff':>20}{'seeds':>7}  verdict")
     comparisons = [(arm, claim) for table in (CLAIMS, ALSO_COMPARED) for arm, claim in table.items()]
     for arm, (key, direction, control) in comparisons:
         if arm not in results or control not in results:
@@ -285,7 +285,7 @@ def main() -> None:
         mean, sd, n = paired(results[arm], results[control], key)
         verdicts.append({"arm": arm, "metric": key, "control": control, "mean_diff": mean, "sd_diff": sd,
                          "seeds": n, "verdict": verdict(mean, sd, n, direction)})
-        print(f"{arm:<8}{key:<34}{control:<6}{mean:>+12.3f} ± {sd:<5.3f}{n:>7}  {verdicts[-1]['verdict']}")
+        print(f"{arm:<20}{key:<34}{control:<12}{mean:>+12.3f} ± {sd:<5.3f}{n:>7}  {verdicts[-1]['verdict']}")
 
     if counts:
         print("\nCOPO's CFN against true repeat counts (visits with the same constraint types)")
