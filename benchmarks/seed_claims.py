@@ -92,9 +92,9 @@ def distinct_n(texts: list[str], n: int = 2) -> float:
     return len(set(grams)) / len(grams) if grams else float("nan")
 
 
-def last_metrics(project: Path) -> dict[str, float]:
-    """The last iteration's metrics of one finished project, with distinct-2 of its sampled in-distribution answers."""
-    seed = read_project(project)
+def last_metrics(project: Path, seed: dict) -> dict[str, float]:
+    """The last iteration's metrics of one finished project (`seed`: its read_project), with distinct-2 of its
+    sampled in-distribution answers."""
     metrics = dict(seed["iterations"][-1]["metrics"])
     rows = read_jsonl(Layout(project).benchmark_outputs(len(seed["iterations"]) - 1))
     sampled = [text for row in rows if row["split"] == "in_distribution" for text in row["sampled"]]
@@ -128,26 +128,22 @@ def cfn_repeat_counts(project: Path) -> list[dict]:
     return out
 
 
-def accuracy_by_iteration(project: Path, key: str = "in_distribution/prompt_strict") -> list[float]:
-    """One metric per iteration of a finished project, 0 (the start) to the last."""
-    return [iteration["metrics"][key] for iteration in read_project(project)["iterations"]]
+def accuracy_by_iteration(seed: dict, key: str = "in_distribution/prompt_strict") -> list[float]:
+    """One metric per iteration of a finished project (its read_project), 0 (the start) to the last."""
+    return [iteration["metrics"][key] for iteration in seed["iterations"]]
 
 
-def reward_model_record(project: Path) -> dict:
+def reward_model_record(project: Path, seed: dict) -> dict:
     """A reward-model arm's ranker and what optimising it did: the reward model's accuracy on held-out pairs labelled
     by the verifier and on its training pairs against the true and the given (noisy) labels, the noise detector's
     precision and recall, and per iteration (0 = the start) the learned reward of the policy's sampled in-distribution
     answers against the verifier's accuracy on the same answers: over-optimisation is the first rising while the
-    second falls."""
-    layout = Layout(project)
-    stats = read_json(layout.reward_stats)
-    iterations = yaml.safe_load((project / "params.yaml").read_text())["iterations"]
-    trajectory = []
-    for i in range(iterations + 1):
-        metrics = read_json(layout.metrics(i))
-        trajectory.append({"iteration": i, "learned_reward": metrics["in_distribution/sampled_reward"],
-                           "gold_sampled": metrics["in_distribution/sampled_prompt_strict"],
-                           "gold_greedy": metrics["in_distribution/prompt_strict"]})
+    second falls. `seed`: the project's read_project."""
+    stats = read_json(Layout(project).reward_stats)
+    trajectory = [{"iteration": i, "learned_reward": iteration["metrics"]["in_distribution/sampled_reward"],
+                   "gold_sampled": iteration["metrics"]["in_distribution/sampled_prompt_strict"],
+                   "gold_greedy": iteration["metrics"]["in_distribution/prompt_strict"]}
+                  for i, iteration in enumerate(seed["iterations"])]
     return {"eval_accuracy": stats["eval_accuracy"], "train_accuracy_true_labels": stats["train_accuracy_true_labels"],
             "train_accuracy_given_labels": stats["train_accuracy_given_labels"],
             "detection_precision": stats["detection"]["precision"], "detection_recall": stats["detection"]["recall"],
@@ -208,30 +204,29 @@ def plot(verdicts: list[dict], curves: dict[str, dict[int, list[float]]], ranker
     axis.invert_yaxis()
     axis.set_xlabel("paired difference over seeds (± 2 standard errors)")
     axis.set_title("each arm against its control")
-    axis = axes[0][1]
-    for arm, seeds in curves.items():
+    _per_iteration(axes[0][1], curves, colour, "held-out greedy prompt_strict", "accuracy by the verifier")
+    if rankers:
+        learned = {arm: {seed: [step["learned_reward"] for step in record["trajectory"]]
+                         for seed, record in seeds.items()} for arm, seeds in rankers.items()}
+        _per_iteration(axes[0][2], learned, colour, "learned reward of sampled answers",
+                       "what the reward-model arms optimised")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110, metadata={"Software": None})  # no tag or date: same data, same bytes
+
+
+def _per_iteration(axis, lines: dict[str, dict[int, list[float]]], colour: dict[str, str], ylabel: str,
+                   title: str) -> None:
+    """One line per arm: the mean over seeds at each iteration (reward-model arms dashed)."""
+    for arm, seeds in lines.items():
         means = [statistics.mean(values) for values in zip(*seeds.values())]
-        axis.plot(range(len(means)), means, marker="o", label=arm, color=colour[arm],
+        axis.plot(range(len(means)), means, marker="o", label=arm, color=colour.get(arm),
                   linestyle="--" if arm.startswith("rm_") else "-")
         axis.set_xticks(range(len(means)))
     axis.set_xlabel("iteration (0 = the start)")
-    axis.set_ylabel("held-out greedy prompt_strict")
-    axis.set_title("accuracy by the verifier")
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
     axis.legend(fontsize=6)
-    if rankers:
-        axis = axes[0][2]
-        for arm, seeds in rankers.items():
-            paths = [[step["learned_reward"] for step in record["trajectory"]] for record in seeds.values()]
-            means = [statistics.mean(values) for values in zip(*paths)]
-            axis.plot(range(len(means)), means, marker="o", linestyle="--", label=arm, color=colour.get(arm))
-            axis.set_xticks(range(len(means)))
-        axis.set_xlabel("iteration (0 = the start)")
-        axis.set_ylabel("learned reward of sampled answers")
-        axis.set_title("what the reward-model arms optimised")
-        axis.legend(fontsize=6)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -259,12 +254,13 @@ def main() -> None:
                 run_seed(project, params)
             # an arm's project copied from the control holds the control's summary until its own run finishes
             if finished_with(project, params):
-                results[arm][seed] = last_metrics(project)
-                curves.setdefault(arm, {})[seed] = accuracy_by_iteration(project)
+                run = read_project(project)
+                results[arm][seed] = last_metrics(project, run)
+                curves.setdefault(arm, {})[seed] = accuracy_by_iteration(run)
                 if arm == "copo":
                     counts[seed] = cfn_repeat_counts(project)
                 if arm.startswith("rm_"):
-                    rankers.setdefault(arm, {})[seed] = reward_model_record(project)
+                    rankers.setdefault(arm, {})[seed] = reward_model_record(project, run)
 
     print(f"\n{'arm':<20}" + "".join(f"{label:>18}" for label in METRICS.values()) + f"{'min/seed':>10}")
     for arm, seeds in results.items():

@@ -109,21 +109,20 @@ def test_reward_model_record_reads_the_ranker_and_the_learned_against_the_gold_p
     from alignloop.io import write_json
     from alignloop.paths import Layout
 
-    layout = Layout(tmp_path)
-    (tmp_path / "params.yaml").write_text("iterations: 2\n")
-    write_json(layout.reward_stats, {"eval_accuracy": 0.7, "train_accuracy_true_labels": 0.8,
-                                     "train_accuracy_given_labels": 0.65,
-                                     "detection": {"precision": 0.5, "recall": 0.25, "flagged": 4}})
+    write_json(Layout(tmp_path).reward_stats, {"eval_accuracy": 0.7, "train_accuracy_true_labels": 0.8,
+                                               "train_accuracy_given_labels": 0.65,
+                                               "detection": {"precision": 0.5, "recall": 0.25, "flagged": 4}})
     # the learned reward rises every iteration while the verifier's accuracy peaks at 1: over-optimisation
-    for i, (learned, sampled, greedy) in enumerate([(-1.0, 0.25, 0.3), (0.5, 0.4, 0.45), (2.0, 0.2, 0.35)]):
-        write_json(layout.metrics(i), {"in_distribution/sampled_reward": learned,
+    run = {"iterations": [{"metrics": {"in_distribution/sampled_reward": learned,
                                        "in_distribution/sampled_prompt_strict": sampled,
-                                       "in_distribution/prompt_strict": greedy, "other": 9.0})
-    record = seed_claims.reward_model_record(tmp_path)
+                                       "in_distribution/prompt_strict": greedy, "other": 9.0}}
+                          for learned, sampled, greedy in [(-1.0, 0.25, 0.3), (0.5, 0.4, 0.45), (2.0, 0.2, 0.35)]]}
+    record = seed_claims.reward_model_record(tmp_path, run)
     assert (record["eval_accuracy"], record["train_accuracy_true_labels"], record["train_accuracy_given_labels"],
             record["detection_precision"], record["detection_recall"]) == (0.7, 0.8, 0.65, 0.5, 0.25)
     assert [(r["iteration"], r["learned_reward"], r["gold_sampled"], r["gold_greedy"]) for r in record["trajectory"]] \
         == [(0, -1.0, 0.25, 0.3), (1, 0.5, 0.4, 0.45), (2, 2.0, 0.2, 0.35)]
+    assert seed_claims.accuracy_by_iteration(run) == [0.3, 0.45, 0.35]
 
 
 def test_reward_model_arms_are_also_compared_with_the_verifier_ranked_control():
