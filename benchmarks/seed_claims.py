@@ -55,6 +55,9 @@ ARMS: dict[str, tuple[str, ...]] = {
     "srdpo": ("optimize.loss=srdpo",),
     "ipo": ("optimize.loss=ipo",),
     "sripo": ("optimize.loss=sripo",),
+    # IPO on sequence sums with target 1/(2β): Sr-IPO with the refinement term off, so "Sr-IPO vs IPO" compares
+    # the term itself, not token means against sums
+    "ipo_sum": ("optimize.loss=sripo", "optimize.sr_lambda=0"),
     "simpo": ("optimize.loss=simpo",),
     "nll": ("optimize.nll_weight=1.0",),
     # Secrets of RLHF II on the verifier task: raw Bradley-Terry and the two denoising variants the testbed liked
@@ -69,16 +72,18 @@ CLAIMS: dict[str, tuple[str, int, str]] = {
     "tdpo2": ("in_distribution/sampled_entropy", +1, "dpo"),  # more diverse at equal accuracy
     "srdpo": ("in_distribution/prompt_strict", +1, "dpo"),
     "ipo": ("in_distribution/prompt_strict", 0, "dpo"),  # no accuracy claim: compared, no direction
-    "sripo": ("in_distribution/prompt_strict", +1, "ipo"),
+    "sripo": ("in_distribution/prompt_strict", +1, "ipo_sum"),  # the refinement term, on the same IPO
     "simpo": ("in_distribution/prompt_strict", +1, "dpo"),
     "nll": ("retention_relative_change", +1, "dpo"),  # the anchor keeps the model's likelihood of real answers
     # denoising recovers what label noise costs the raw reward model, on the verifier's accuracy
     **{f"rm_{method}_{noise}": ("in_distribution/prompt_strict", +1, f"rm_none_{noise}")
        for method in ("flip_margin", "flip") for noise in (20, 40)},
 }
-# What a learned ranker costs against the verifier ranking the loop itself: compared, no claim in a direction.
-ALSO_COMPARED: dict[str, tuple[str, int, str]] = {
-    arm: ("in_distribution/prompt_strict", 0, "dpo") for arm in ARMS if arm.startswith("rm_")}
+# Compared, no claim in a direction, as (arm, metric, control): what a learned ranker costs against the verifier
+# ranking the loop itself, and Sr-IPO against IPO on token means (the usual IPO) with the two IPOs' difference.
+ALSO_COMPARED: list[tuple[str, str, str]] = [
+    *((arm, "in_distribution/prompt_strict", "dpo") for arm in ARMS if arm.startswith("rm_")),
+    ("sripo", "in_distribution/prompt_strict", "ipo"), ("ipo_sum", "in_distribution/prompt_strict", "ipo")]
 METRICS = {  # key: column
     "in_distribution/prompt_strict": "in_dist greedy", "in_distribution/sampled_prompt_strict": "in_dist sampled",
     "unseen_types/prompt_strict": "unseen greedy", "in_distribution/sampled_entropy": "entropy",
@@ -274,8 +279,9 @@ def main() -> None:
 
     verdicts = []
     print(f"\n{'arm':<20}{'claim metric':<34}{'vs':<12}{'paired diff':>20}{'seeds':>7}  verdict")
-    comparisons = [(arm, claim) for table in (CLAIMS, ALSO_COMPARED) for arm, claim in table.items()]
-    for arm, (key, direction, control) in comparisons:
+    comparisons = [*((arm, *claim) for arm, claim in CLAIMS.items()),
+                   *((arm, key, 0, control) for arm, key, control in ALSO_COMPARED)]
+    for arm, key, direction, control in comparisons:
         if arm not in results or control not in results:
             continue
         mean, sd, n = paired(results[arm], results[control], key)

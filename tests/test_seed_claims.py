@@ -127,9 +127,25 @@ def test_reward_model_record_reads_the_ranker_and_the_learned_against_the_gold_p
 
 def test_reward_model_arms_are_also_compared_with_the_verifier_ranked_control():
     rm_arms = {arm for arm in seed_claims.ARMS if arm.startswith("rm_")}
-    assert len(rm_arms) == 6 and set(seed_claims.ALSO_COMPARED) == rm_arms
-    assert {control for _, direction, control in seed_claims.ALSO_COMPARED.values()} == {"dpo"}
-    assert all(direction == 0 for _, direction, _ in seed_claims.ALSO_COMPARED.values())
+    assert len(rm_arms) == 6
+    assert {arm for arm, _, control in seed_claims.ALSO_COMPARED if control == "dpo"} == rm_arms
+    assert {(arm, control) for arm, _, control in seed_claims.ALSO_COMPARED} <= {
+        (arm, control) for arm in seed_claims.ARMS for control in seed_claims.ARMS}
+
+
+@needs_checkers
+def test_sripo_is_judged_against_ipo_on_sums_its_own_loss_without_the_refinement_term():
+    import yaml
+
+    from alignloop.config import parse_config
+
+    preset = yaml.safe_load(seed_claims.PRESET.read_text())
+    control = parse_config(seed_claims.seed_params(preset, 0, overrides=seed_claims.ARMS["ipo_sum"])).optimize
+    arm = parse_config(seed_claims.seed_params(preset, 0, overrides=seed_claims.ARMS["sripo"])).optimize
+    assert seed_claims.CLAIMS["sripo"][2] == "ipo_sum"
+    assert (control.loss, arm.loss) == ("sripo", "sripo")
+    assert control.sr_lambda == 0 and arm.sr_lambda > 0
+    assert control.model_dump(exclude={"sr_lambda"}) == arm.model_dump(exclude={"sr_lambda"})
 
 
 def test_the_plot_draws_verdicts_curves_and_reward_model_paths(tmp_path):
