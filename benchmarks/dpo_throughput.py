@@ -36,7 +36,8 @@ def make_pairs(count: int, seed: int, tokenizer) -> list[dict]:
     pairs = []
     for k, row in enumerate(prompts[:count]):
         chosen, rejected = row["answer"], row["answer"][::-1] + "!"
-        pairs.append({"pair_id": f"p{k}", "prompt": row["prompt"], "chosen": chosen, "rejected": rejected,
+        pairs.append({"pair_id": f"{row['prompt_id']}-0-1", "prompt_id": row["prompt_id"], "prompt": row["prompt"],
+                      "chosen": chosen, "rejected": rejected, "chosen_index": 0, "rejected_index": 1,
                       "chosen_ids": response_ids(tokenizer, chosen), "rejected_ids": response_ids(tokenizer, rejected),
                       "chosen_finished": True, "rejected_finished": True, "chosen_score": 0.85,
                       "rejected_score": 0.2})
@@ -44,7 +45,7 @@ def make_pairs(count: int, seed: int, tokenizer) -> list[dict]:
 
 
 def run_ours(root: Path, sft_dir: Path, pairs: list[dict], batch_size: int, epochs: float, max_length: int = 96,
-             micro_batch_size: int | None = None) -> float:
+             micro_batch_size: int | None = None, autocast: str = "none") -> float:
     from alignloop.config import Config
     from alignloop.io import write_jsonl
     from alignloop.paths import Layout
@@ -57,7 +58,7 @@ def run_ours(root: Path, sft_dir: Path, pairs: list[dict], batch_size: int, epoc
     write_jsonl(layout.pairs(1), pairs)
     cfg = Config.model_validate({"model": {"max_length": max_length},
                                  "optimize": {"batch_size": batch_size, "epochs": epochs, "nll_weight": 0.0,
-                                              "micro_batch_size": micro_batch_size}})
+                                              "micro_batch_size": micro_batch_size, "autocast": autocast}})
     start = time.perf_counter()
     run_optimize(cfg, layout, 1)
     return time.perf_counter() - start
