@@ -146,6 +146,30 @@ def test_contrastive_and_metarm_terms_are_logged_and_change_training(base_dir, t
         train_reward_model(base_dir, tokenizer, train, short.model_copy(update={"denoising": "flip"}), MODEL, seed=1)
 
 
+def test_bf16_autocast_trains_close_to_fp32_and_is_really_applied(base_dir, tokenizer):
+    """reward.autocast: the steps run in bf16 (their losses differ from fp32's in the low digits), learn the rule as
+    well, and MetaRM's meta step runs under it too."""
+    train, held = _pairs(tokenizer, 96, seed=0), _pairs(tokenizer, 48, seed=1)
+    short = SETTINGS.model_copy(update={"epochs": 2})
+    fp32 = train_reward_model(base_dir, tokenizer, train, short, MODEL, seed=5)
+    bf16 = train_reward_model(base_dir, tokenizer, train, short.model_copy(update={"autocast": "bfloat16"}), MODEL,
+                              seed=5)
+    fp32_losses, bf16_losses = [h["loss"] for h in fp32.history], [h["loss"] for h in bf16.history]
+    assert bf16_losses != fp32_losses
+    assert bf16_losses == pytest.approx(fp32_losses, abs=0.05)
+    assert bf16_losses[-1] < bf16_losses[0]
+    assert accuracy(pair_margins(bf16.model, held, tokenizer.pad_token_id, 64, "bf16")) == pytest.approx(
+        accuracy(pair_margins(fp32.model, held, tokenizer.pad_token_id, 64, "fp32")), abs=0.1)
+    assert next(bf16.model.parameters()).dtype == torch.float32  # autocast, not bf16 weights
+    groups = [[ids for pair in train[k:k + 2] for ids in pair] for k in range(0, 32, 2)]
+    meta = short.model_copy(update={"epochs": 1, "metarm": True, "metarm_groups": 4})
+    meta_fp32 = train_reward_model(base_dir, tokenizer, train[:32], meta, MODEL, seed=1, meta_groups=groups)
+    meta_bf16 = train_reward_model(base_dir, tokenizer, train[:32], meta.model_copy(update={"autocast": "bfloat16"}),
+                                   MODEL, seed=1, meta_groups=groups)
+    assert [h["difference_score"] for h in meta_bf16.history] != [h["difference_score"] for h in meta_fp32.history]
+    assert [h["loss"] for h in meta_bf16.history] == pytest.approx([h["loss"] for h in meta_fp32.history], abs=0.05)
+
+
 # ---------------------------------------------------------------- preference data
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -34,7 +34,7 @@ from alignloop.models.reward_losses import (
 )
 from alignloop.models.reward_model import pooled_forward, right_padded
 from alignloop.models.shares import share
-from alignloop.models.training import check_finite_weights, enable_gradient_checkpointing, lr_factor
+from alignloop.models.training import autocast, check_finite_weights, enable_gradient_checkpointing, lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -244,14 +244,16 @@ def train_reward_model(init_dir: str | Path, tokenizer: PreTrainedTokenizerBase,
                 parts_at_adapted.update(parts)
                 return loss
 
-            meta_step = metarm_step(module, difference_score, loss_at, settings.metarm_lr)
+            with autocast(device, settings.autocast):
+                meta_step = metarm_step(module, difference_score, loss_at, settings.metarm_lr)
             for name, param in module.named_parameters():
                 if param.requires_grad:
                     param.grad = meta_step.gradients[name]
             loss, parts = meta_step.loss, parts_at_adapted
             record["difference_score"] = meta_step.difference_score.item()
         else:
-            loss, parts = preference_loss(module, batch, settings)
+            with autocast(device, settings.autocast):
+                loss, parts = preference_loss(module, batch, settings)
             backward(loss)
         values = {"loss": loss.item(), **{name: value.item() for name, value in parts.items()}, **record}
         if processes > 1:
