@@ -197,7 +197,8 @@ def plot(verdicts: list[dict], curves: dict[str, dict[int, list[float]]], ranker
     from matplotlib import pyplot as plt
 
     figure, axes = plt.subplots(1, 3 if rankers else 2, figsize=(16 if rankers else 11, 4.2), squeeze=False)
-    colour = {arm: f"C{k % 10}" for k, arm in enumerate(curves)}  # one colour per arm in every panel
+    palette = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")
+    colour = {arm: palette(k % palette.N) for k, arm in enumerate(curves)}  # one colour per arm in every panel
     axis = axes[0][0]
     shown = [v for v in verdicts if v["seeds"] > 1]
     for row, v in enumerate(shown):
